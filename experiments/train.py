@@ -40,8 +40,9 @@ import common
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, help="Peak learning rate.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per optimizer step.")
 @click.option("--micro-batch-tokens", type=click.IntRange(min=1), default=None,
-              help="Gradient accumulation: split each batch into forwards of at most this many padded tokens "
-                   "(default: 2048 on CPU, 16384 on GPU) so memory stays flat whatever the batch size.")
+              help="Gradient accumulation: split each batch into forwards of at most this many computed tokens "
+                   "(shared prefix once, both answers, padding included; default: 2048 on CPU, 16384 on GPU) "
+                   "so memory stays flat whatever the batch size.")
 @click.option("--max-length", type=click.IntRange(min=8), default=512, help="Tokens per transcript (end kept).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
@@ -105,18 +106,31 @@ def shared_prefix_length(a, b):
 
 
 def optimizer_batches(lengths, batch_size, epochs, seed):
-    """Every optimizer step of the run: pair indices of similar length, longest first."""
-    return [sorted(batch, key=lambda i: -lengths[i])
-            for epoch in range(epochs)
+    """Every optimizer step of the run: pair indices of similar length."""
+    return [batch for epoch in range(epochs)
             for batch in common.length_grouped_batches(lengths, batch_size, seed=seed * 1000 + epoch)]
 
 
-def micro_batches(pairs, lengths, token_budget):
-    """Cut length-sorted pairs into forwards of at most `token_budget` padded tokens (at least one pair)."""
+def pair_shapes(chosen_ids, rejected_ids):
+    """Per pair, the shared prefix and the longer answer after it, in tokens."""
+    prefix = [shared_prefix_length(c, r) for c, r in zip(chosen_ids, rejected_ids)]
+    answer = [max(len(c), len(r)) - k for c, r, k in zip(chosen_ids, rejected_ids, prefix)]
+    return prefix, answer
+
+
+def forward_tokens(pairs, prefix, answer):
+    """Padded tokens that one BradleyTerry forward of these pairs computes."""
+    if min(prefix[i] for i in pairs) == 0:  # the fallback: full chosen and rejected transcripts
+        return 2 * len(pairs) * max(prefix[i] + answer[i] for i in pairs)
+    return len(pairs) * (max(prefix[i] for i in pairs) + 2 * max(answer[i] for i in pairs))
+
+
+def micro_batches(pairs, prefix, answer, token_budget):
+    """Cut pairs, in the given order, into forwards of at most `token_budget` computed tokens (at least one
+    pair each). The order decides the padding, so callers sort first."""
     micros, current = [], []
     for i in pairs:
-        width = max([lengths[j] for j in current] + [lengths[i]])
-        if current and 2 * width * (len(current) + 1) > token_budget:
+        if current and forward_tokens(current + [i], prefix, answer) > token_budget:
             micros.append(current)
             current = []
         current.append(i)
@@ -144,10 +158,9 @@ def train_one(cfg, objective, seed, device, dtype):
                                    f"'{objective}' ({bad.summary()})")
     model, tokenizer = common.new_reward_model(cfg["model"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))  # GPT-2 has 1024 positions
-    chosen_ids = common.encode(tokenizer, [p.chosen for p in train_pairs], max_length)
-    rejected_ids = common.encode(tokenizer, [p.rejected for p in train_pairs], max_length)
-    lengths = [max(len(c), len(r)) for c, r in zip(chosen_ids, rejected_ids)]
-    steps = optimizer_batches(lengths, cfg["batch_size"], epochs, seed)
+    chosen_ids, rejected_ids = encode_pairs(tokenizer, train_pairs, max_length)
+    prefix, answer = pair_shapes(chosen_ids, rejected_ids)
+    steps = optimizer_batches([k + n for k, n in zip(prefix, answer)], cfg["batch_size"], epochs, seed)
 
     net = BradleyTerry(model, tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], fused=True)  # 5x faster step than the default
@@ -173,7 +186,9 @@ def train_one(cfg, objective, seed, device, dtype):
     for step in range(progress["step"], stop_at):
         step_loss = 0.0
         share = steps[step][accelerator.process_index::accelerator.num_processes]
-        micros = micro_batches(share, lengths, token_budget)
+        # On 600 real harmless-base pairs, cutting a batch sorted by total length computes 59 % more tokens
+        # than the real ones, sorted by prefix length 35 %.
+        micros = micro_batches(sorted(share, key=lambda i: -prefix[i]), prefix, answer, token_budget)
         for k, micro in enumerate(micros):
             # Gradients sync across processes once per step, on the last micro-batch; DDP then averages
             # the per-process means into the mean over the whole batch.
@@ -206,10 +221,9 @@ def train_one(cfg, objective, seed, device, dtype):
     # evaluate and save
     if accelerator.is_main_process:
         rm = accelerator.unwrap_model(net).rm
-        # One scoring call over both sides, so length-sorting packs chosen and rejected together.
-        scores = common.score_texts(rm, tokenizer, [p.chosen for p in eval_pairs] + [p.rejected for p in eval_pairs],
-                                    cfg["batch_size"] * 2, max_length, accelerator.device, dtype, desc="eval")
-        accuracy = pair_accuracy(scores[:len(eval_pairs)], scores[len(eval_pairs):])
+        with accelerator.autocast():
+            accuracy = held_out_accuracy(BradleyTerry(rm, tokenizer.pad_token_id).eval(),
+                                         *encode_pairs(tokenizer, eval_pairs, max_length), token_budget)
         metrics = {
             "eval_accuracy": accuracy, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
             "epochs": epochs, "steps": len(steps), "resumed_from_step": resumed_from,
@@ -229,11 +243,23 @@ def train_one(cfg, objective, seed, device, dtype):
     accelerator.wait_for_everyone()
 
 
-def pair_accuracy(chosen_scores: list[float], rejected_scores: list[float]) -> float:
-    """Share of pairs with chosen strictly above rejected (ties count as wrong, as in the paper)."""
-    if not chosen_scores:
-        return float("nan")
-    return sum(c > r for c, r in zip(chosen_scores, rejected_scores)) / len(chosen_scores)
+def encode_pairs(tokenizer, pairs, max_length):
+    return (common.encode(tokenizer, [p.chosen for p in pairs], max_length),
+            common.encode(tokenizer, [p.rejected for p in pairs], max_length))
+
+
+@torch.no_grad()
+def held_out_accuracy(net, chosen_ids, rejected_ids, token_budget) -> float:
+    """Share of pairs whose chosen reward is strictly above the rejected one (ties are wrong, as in the paper)."""
+    prefix, answer = pair_shapes(chosen_ids, rejected_ids)
+    # Over hundreds of pairs, buckets of similar prefix sorted by answer pad least (on 456 held-out
+    # harmless-base pairs: 32 % above the real tokens, against 62 % sorting by prefix alone).
+    order = sorted(range(len(chosen_ids)), key=lambda i: (-(prefix[i] // 64), -answer[i]))
+    correct = 0
+    for micro in tqdm(micro_batches(order, prefix, answer, token_budget), desc="eval", unit="batch"):
+        chosen, rejected = net([chosen_ids[i] for i in micro], [rejected_ids[i] for i in micro])
+        correct += int((chosen > rejected).sum())
+    return correct / len(chosen_ids)
 
 
 def ensure_finite(value: float, what: str) -> float:
