@@ -468,6 +468,12 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 512) -
             for ids in tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length)["input_ids"]]
 
 
+def encode_pairs(tokenizer, pairs: Sequence[Pair], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(chosen token ids, rejected token ids) of the pairs."""
+    return (encode(tokenizer, [p.chosen for p in pairs], max_length),
+            encode(tokenizer, [p.rejected for p in pairs], max_length))
+
+
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), right-padded to the longest sequence of this batch only."""
     width = max(len(s) for s in sequences)

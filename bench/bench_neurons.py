@@ -67,7 +67,7 @@ def main(**cfg):
     click.echo(f"model {cfg['model']} ({layers} layers × {d_mlp} MLP units), harmless-base pairs, batch "
                f"{cfg['batch_size']} pairs, max length {cfg['max_length']}, {device}, {torch.get_num_threads()} "
                f"threads, rmt_kernels backend {rk.backend()}")
-    batches = list(neurons.pair_batches(*neurons.encode_pairs(tokenizer, pairs[:cfg["pairs"]], cfg["max_length"]),
+    batches = list(neurons.pair_batches(*common.encode_pairs(tokenizer, pairs[:cfg["pairs"]], cfg["max_length"]),
                                         cfg["batch_size"], tokenizer.pad_token_id))
     rows = []
 
@@ -158,7 +158,7 @@ def plain_forward(model, batches, device):
 
 def ours_end_to_end(model, tokenizer, pairs, cfg, device, tmp):
     scoring = neurons.ScoringPass(model)
-    scoring.run(neurons.pair_batches(*neurons.encode_pairs(tokenizer, pairs, cfg["max_length"]), cfg["batch_size"],
+    scoring.run(neurons.pair_batches(*common.encode_pairs(tokenizer, pairs, cfg["max_length"]), cfg["batch_size"],
                                      tokenizer.pad_token_id), device, torch.float32)
     score = scoring.magnitude().float().cpu()
     neurons.write_h5(Path(tmp) / "magnitude.h5", score, scoring.act, {"method": "magnitude"},
@@ -255,7 +255,7 @@ def memory_child(cfg, n, plain, device):
     torch.stack([p.sum() for p in model.parameters()])  # page in memory-mapped weights: they count as model
     pairs = load_pairs(cfg["data_dir"], n)
     model_mb = peak_rss_mb()
-    ids = neurons.encode_pairs(tokenizer, pairs, cfg["max_length"])
+    ids = common.encode_pairs(tokenizer, pairs, cfg["max_length"])
     loaded_mb = peak_rss_mb()
     batches = neurons.pair_batches(*ids, cfg["batch_size"], tokenizer.pad_token_id)
     if plain:

@@ -56,6 +56,9 @@ TRAIN_OPTIONS = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Transcripts per forward pass.")
 @click.option("--max-length", type=click.IntRange(min=8), default=1024,
               help="Tokens per transcript (end kept); capped at the backbone's context.")
+@click.option("--max-items", type=click.IntRange(min=1), default=None,
+              help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a "
+                   "CPU). Default: every item.")
 def main(**cfg):
     device = common.resolve_device(cfg["device"])
     dtype = common.resolve_dtype(cfg["dtype"], device)
@@ -66,6 +69,7 @@ def main(**cfg):
     bench = common.load_benchmarks(cfg["bench"], tasks)
     for note in bench.notes:
         click.echo(f"note: {note}", err=True)
+    bench.items = cap_items(bench.items, cfg["max_items"])
     runs, missing = find_runs(cfg)
     for what, command in missing.items():
         click.echo(f"missing RM: {what}; train it with:\n  {command}", err=True)
@@ -110,6 +114,16 @@ def main(**cfg):
     })
     report = common.write_report(cfg["results_dir"], cfg["model"])
     click.echo(f"behaviour of {len(runs)} RMs on {len(subsets)} tasks → {out}; report: {report}")
+
+
+def cap_items(items, max_items):
+    """At most `max_items` of each subset, chosen by a fixed seed, in their original order."""
+    by_subset = {}
+    for item in items:
+        by_subset.setdefault(item.subset, []).append(item)
+    keep = {(item.subset, item.id) for group in by_subset.values()
+            for item in common.subsample(group, max_items, seed=0)}
+    return [item for item in items if (item.subset, item.id) in keep]
 
 
 def find_runs(cfg):
@@ -412,12 +426,13 @@ def save_figure(fig, path: Path):
 def report_section(cfg, runs, missing, bench, counts, tables) -> str:
     rms = ", ".join(f"{o} (seeds {', '.join(map(str, seeds_of(runs, o)))})" for o in cfg["objective"]
                     if seeds_of(runs, o))
+    sampled = f" (at most {cfg['max_items']} per task, a seeded subsample)" if cfg["max_items"] else ""
     lines = [f"## Behaviour (paper §3)\n",
              f"RMs of `{cfg['model']}`: {rms}. Benchmarks: {', '.join(f'`{b}`' for b in cfg['bench'])} — "
-             f"{len(counts)} tasks, {sum(counts.values())} items. An item is correct when every chosen response "
-             "scores strictly above every rejected one (for RM-Bench's 3 × 3 style variants that is stricter than "
-             "RM-Bench's own metric: the paper's RM-Bench numbers are the `normal` official scores below); ± is the "
-             "population std over seeds.\n"]
+             f"{len(counts)} tasks, {sum(counts.values())} items{sampled}. An item is correct when every chosen "
+             "response scores strictly above every rejected one (for RM-Bench's 3 × 3 style variants that is "
+             "stricter than RM-Bench's own metric: the paper's RM-Bench numbers are the `normal` official scores "
+             "below); ± is the population std over seeds.\n"]
     sources = {}
     for subset, source in bench.sources.items():
         sources.setdefault(source, []).append(f"{subset} ({counts[subset]})")

@@ -135,7 +135,7 @@ def score_rm(cfg, objective, seed, device, dtype) -> dict:
     # run
     started = time.perf_counter()
     scoring = ScoringPass(model, base, activations=bool({"magnitude", "random"} & set(todo)), site=cfg["site"])
-    batches = pair_batches(*encode_pairs(tokenizer, pairs, cfg["max_length"]), cfg["batch_size"],
+    batches = pair_batches(*common.encode_pairs(tokenizer, pairs, cfg["max_length"]), cfg["batch_size"],
                            tokenizer.pad_token_id)
     scoring.run(batches, device, dtype, total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"neurons {objective}")
     seconds = time.perf_counter() - started
@@ -164,12 +164,6 @@ def random_generator(objective, seed):
     """Seeded by the seed and the objective: the same seed must not give every RM type the same random set,
     or the random baseline would overlap itself 100 % across RMs."""
     return torch.Generator().manual_seed(common.pair_hash("random", objective, str(seed)) % 2**63)
-
-
-def encode_pairs(tokenizer, pairs, max_length):
-    """(chosen token ids, rejected token ids) of the pairs."""
-    return (common.encode(tokenizer, [p.chosen for p in pairs], max_length),
-            common.encode(tokenizer, [p.rejected for p in pairs], max_length))
 
 
 def pair_batches(chosen, rejected, batch_size, pad_id):

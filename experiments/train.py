@@ -158,7 +158,7 @@ def train_one(cfg, objective, seed, device, dtype):
                                    f"'{objective}' ({bad.summary()})")
     model, tokenizer = common.new_reward_model(cfg["model"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))  # GPT-2 has 1024 positions
-    chosen_ids, rejected_ids = encode_pairs(tokenizer, train_pairs, max_length)
+    chosen_ids, rejected_ids = common.encode_pairs(tokenizer, train_pairs, max_length)
     prefix, answer = pair_shapes(chosen_ids, rejected_ids)
     steps = optimizer_batches([k + n for k, n in zip(prefix, answer)], cfg["batch_size"], epochs, seed)
 
@@ -223,7 +223,7 @@ def train_one(cfg, objective, seed, device, dtype):
         rm = accelerator.unwrap_model(net).rm
         with accelerator.autocast():
             accuracy = held_out_accuracy(BradleyTerry(rm, tokenizer.pad_token_id).eval(),
-                                         *encode_pairs(tokenizer, eval_pairs, max_length), token_budget)
+                                         *common.encode_pairs(tokenizer, eval_pairs, max_length), token_budget)
         metrics = {
             "eval_accuracy": accuracy, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
             "epochs": epochs, "steps": len(steps), "resumed_from_step": resumed_from,
@@ -241,11 +241,6 @@ def train_one(cfg, objective, seed, device, dtype):
         click.echo(f"[{objective} seed {seed}] eval_accuracy {accuracy:.4f} on {len(eval_pairs)} held-out pairs "
                    f"→ {out}")
     accelerator.wait_for_everyone()
-
-
-def encode_pairs(tokenizer, pairs, max_length):
-    return (common.encode(tokenizer, [p.chosen for p in pairs], max_length),
-            common.encode(tokenizer, [p.rejected for p in pairs], max_length))
 
 
 @torch.no_grad()

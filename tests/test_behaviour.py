@@ -278,6 +278,19 @@ def test_missing_mixed_rm_is_named_with_its_train_command_and_retention_skipped(
     assert "mixed_mean" not in accuracy[0]
 
 
+def test_max_items_scores_the_same_seeded_subsample_of_each_task(tmp_path):
+    make_runs(tmp_path / "runs", ("helpful",))
+    _, out = run_behaviour(tmp_path, "--objective", "helpful", "--max-items", "3")
+    scores = tmp_path / "runs" / "tiny-gpt2" / "helpful" / "seed0" / "scores"
+    ids = {path.stem: [json.loads(line)["id"] for line in path.read_text().splitlines()]
+           for path in scores.glob("*.jsonl")}
+    assert {subset: len(kept) for subset, kept in ids.items()} == {
+        "demo-helpful-quality": 3, "demo-harmless-refuse": 3, "demo-helpful-style": 3}
+    again = behaviour.cap_items(common.read_item_path(bench_folder(tmp_path / "again")), 3)
+    assert sorted(item.id for item in again) == sorted(i for kept in ids.values() for i in kept)
+    assert "at most 3 per task" in (out / "behaviour" / "report_section.md").read_text()
+
+
 def test_no_trained_rm_at_all_says_how_to_train(tmp_path):
     result = CliRunner().invoke(behaviour.main, ["--model", "tiny-gpt2", "--runs-dir", str(tmp_path / "runs"),
                                                  "--results-dir", str(tmp_path / "results")])

@@ -64,6 +64,19 @@ def test_shared_prefix_training_forward_equals_full_forwards(name):
         assert c.tolist() + r.tolist() == pytest.approx(expected[:pairs] + expected[4:4 + pairs], abs=1e-4)
 
 
+def test_held_out_accuracy_equals_the_accuracy_of_full_forwards():
+    model, tokenizer = common.new_reward_model("tiny-llama", seed=0)
+    prompts = [f"\n\nHuman: question {i}" + " and more" * (i % 5) for i in range(9)]
+    pairs = [common.Pair(p + f"\n\nAssistant: answer {i}" * (1 + i % 3), p + "\n\nAssistant: no", "harmless-base")
+             for i, p in enumerate(prompts)]
+    scores = common.score_texts(model, tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs], 4, 64, CPU)
+    expected = sum(c > r for c, r in zip(scores[:9], scores[9:])) / 9
+    assert 0 < expected < 1
+    net = train.BradleyTerry(model, tokenizer.pad_token_id).eval()
+    for budget in (40, 10 ** 6):  # one pair per forward, all pairs in one forward
+        assert train.held_out_accuracy(net, *common.encode_pairs(tokenizer, pairs, 64), budget) == expected
+
+
 def test_truncation_keeps_the_end():
     tokenizer = common.load_tokenizer("tiny-gpt2")
     ids = common.encode(tokenizer, ["x" * 100 + "THE END"], max_length=7)[0]
