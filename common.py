@@ -974,6 +974,18 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     write_text(path, buffer.getvalue())
 
 
+def write_table(stem: Path, header: Sequence[str], rows: Iterable[Sequence], markdown: str) -> None:
+    """<stem>.csv at full precision and <stem>.md, the same table rounded for reading."""
+    write_csv(stem.with_suffix(".csv"), header, rows)
+    write_text(stem.with_suffix(".md"), markdown)
+
+
+def remove_table(stem: Path) -> None:
+    """A table this run skipped must not leave an earlier run's version looking current."""
+    for stale in (stem.with_suffix(".csv"), stem.with_suffix(".md")):
+        stale.unlink(missing_ok=True)
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     def cell(value) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")

@@ -95,11 +95,10 @@ def main(**cfg):
     # save
     for name, table in tables.items():
         if table is not None:
-            common.write_csv(out / f"{name}.csv", table["header"], table["rows"])
-            common.write_text(out / f"{name}.md", common.markdown_table(table["md_header"], table["md_rows"]))
-        else:  # a skipped table must not leave an earlier run's version looking current
-            for stale in (out / f"{name}.csv", out / f"{name}.md"):
-                stale.unlink(missing_ok=True)
+            common.write_table(out / name, table["header"], table["rows"],
+                               common.markdown_table(table["md_header"], table["md_rows"]))
+        else:
+            common.remove_table(out / name)
     fig2_accuracy(accuracy, subsets, objectives, tasks, out / "fig2_accuracy.png")
     if tables["calibration"] is not None:
         fig3_calibration(tables["calibration"]["margins"], subsets, tasks, out / "fig3_calibration.png")

@@ -336,13 +336,10 @@ def markdown(rows):
 
 
 def write_table(stem: Path, rows):
-    """CSV at full precision, Markdown rounded for reading; no rows removes an earlier run's table."""
-    if not rows:
-        for stale in (stem.with_suffix(".csv"), stem.with_suffix(".md")):
-            stale.unlink(missing_ok=True)
-        return
-    common.write_csv(stem.with_suffix(".csv"), list(rows[0]), [list(row.values()) for row in rows])
-    common.write_text(stem.with_suffix(".md"), markdown(rows))
+    if rows:
+        common.write_table(stem, list(rows[0]), [list(row.values()) for row in rows], markdown(rows))
+    else:
+        common.remove_table(stem)
 
 
 def plot_layers(rows, cfg, path):
