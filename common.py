@@ -1,7 +1,14 @@
-"""What two or more experiment scripts share: backbones, data, batching, scoring, hooks, result I/O.
+"""What two or more experiment scripts share. Sections, in this order:
 
-Read top to bottom: result I/O → architectures and backbones → loading → HH-RLHF data →
-tokenising and batching → rewards and the scoring loop → MLP hooks.
+1. Result I/O: atomic writes, JSON / CSV / Markdown tables, the run record.
+2. Architectures: the ONE table of per-architecture facts (layers, MLP activation, down projection, context).
+3. Backbones and loading: registry names, hub ids / local dirs, the offline GGUF model, tiny models, devices.
+4. Run layout (SPEC §4): where each RM, score file and result lives; the report that gathers the steps.
+5. HH-RLHF data: loading, bad rows, held-out split, subsampling.
+6. Tokenising and batching.
+7. Rewards and the scoring loop: rewards at the last real token, score caches.
+8. MLP hooks at a neuron site.
+9. Benchmarks: item format, task map, loaders, the paper rule and the official scorers.
 """
 from __future__ import annotations
 
@@ -29,9 +36,12 @@ OBJECTIVES = ("helpful", "harmless", "mixed")
 
 
 # ---------------------------------------------------------------------------------------------
-# Result I/O: every file is written under a temporary name and renamed when complete, so a crash
-# never leaves a half-written result under its final name.
+# 1. Result I/O
+# Every file is written under a temporary name and renamed when complete, so a crash never leaves a
+# half-written result under its final name.
 # ---------------------------------------------------------------------------------------------
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -82,10 +92,45 @@ def pair_hash(*texts: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_table(stem: Path, header: Sequence[str], rows: Iterable[Sequence], markdown: str) -> None:
+    """<stem>.csv at full precision and <stem>.md, the same table rounded for reading."""
+    write_csv(stem.with_suffix(".csv"), header, rows)
+    write_text(stem.with_suffix(".md"), markdown)
+
+
+def remove_table(stem: Path) -> None:
+    """A table this run skipped must not leave an earlier run's version looking current."""
+    for stale in (stem.with_suffix(".csv"), stem.with_suffix(".md")):
+        stale.unlink(missing_ok=True)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
-# Architectures: the ONE table of per-architecture facts. Paths are relative to the backbone
-# (`model.base_model`); the reward head is `model.score` for every *ForSequenceClassification here.
+# 2. Architectures
+# Paths are relative to the backbone (`model.base_model`); the reward head is `model.score` for every
+# *ForSequenceClassification here.
 # ---------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Arch:
     layers: str  # module list of transformer blocks
@@ -126,9 +171,15 @@ def mlp_shape(model) -> tuple[int, int]:
     return len(transformer_layers(model)), arch_of(model).d_mlp(model.config)
 
 
+def context_length(model) -> int:
+    return arch_of(model).context(model.config)
+
+
 # ---------------------------------------------------------------------------------------------
-# Backbones: registry names, hub ids / local dirs, the offline GGUF model and tiny random models.
+# 3. Backbones and loading
 # ---------------------------------------------------------------------------------------------
+
+
 BACKBONES = {
     "gpt2-small": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
@@ -216,12 +267,6 @@ def resolve_backbone(name: str) -> str:
         "Or pass a Hugging Face hub id (org/name) or a local directory holding config.json.")
 
 
-def model_slug(name: str) -> str:
-    """Directory name for a model under runs/ and results/."""
-    return name.rstrip("/").replace("/", "--") if name in KNOWN_MODELS or not Path(name).is_dir() \
-        else Path(name).resolve().name
-
-
 def load_tokenizer(source):
     from transformers import AutoTokenizer
 
@@ -251,10 +296,6 @@ def new_reward_model(name: str, seed: int):
         torch.nn.init.zeros_(model.score.bias)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def rm_dir(runs_dir: str | os.PathLike, model: str, objective: str, seed: int) -> Path:
-    return Path(runs_dir) / model_slug(model) / objective / f"seed{seed}"
 
 
 def load_reward_model(path: str | os.PathLike, device: torch.device):
@@ -292,8 +333,44 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# HH-RLHF: helpful = three helpful subsets, harmless = harmless-base, mixed = all four.
+# 4. Run layout (SPEC §4)
 # ---------------------------------------------------------------------------------------------
+
+
+def model_slug(name: str) -> str:
+    """Directory name for a model under runs/ and results/."""
+    return name.rstrip("/").replace("/", "--") if name in KNOWN_MODELS or not Path(name).is_dir() \
+        else Path(name).resolve().name
+
+
+def rm_dir(runs_dir: str | os.PathLike, model: str, objective: str, seed: int) -> Path:
+    return Path(runs_dir) / model_slug(model) / objective / f"seed{seed}"
+
+
+def rm_fingerprint(rm_path: str | os.PathLike) -> dict:
+    """What identifies a saved RM's weights cheaply (file sizes and times): a retrained RM invalidates its cache."""
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(rm_path).glob("*.safetensors"))}
+
+
+REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared")
+
+
+def write_report(results_dir: str | os.PathLike, model: str) -> Path:
+    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order."""
+    root = Path(results_dir) / model_slug(model)
+    sections = [(root / step / "report_section.md").read_text(encoding="utf-8").strip()
+                for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
+    report = root / "report.md"
+    write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. HH-RLHF data
+# helpful = three helpful subsets, harmless = harmless-base, mixed = all four.
+# ---------------------------------------------------------------------------------------------
+
+
 HH_SUBSETS = {
     "helpful": ("helpful-base", "helpful-online", "helpful-rejection-sampled"),
     "harmless": ("harmless-base",),
@@ -457,9 +534,12 @@ def subsample(items: Sequence, n: int | None, seed: int) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenising and batching: dynamic padding of length-sorted (scoring) or length-grouped (training)
-# batches, right padding, end-keeping truncation.
+# 6. Tokenising and batching
+# Dynamic padding of length-sorted (scoring) or length-grouped (training) batches, right padding,
+# end-keeping truncation.
 # ---------------------------------------------------------------------------------------------
+
+
 def encode(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 512) -> list[list[int]]:
     """Token ids, tokenised in chunks: one tokenizer call holds a full encoding of every text it is given
     (offsets, token strings and the overflow truncation drops) — 261 MB for 4,000 HH-RLHF texts, 33 MB in chunks."""
@@ -508,10 +588,13 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
 
 
 # ---------------------------------------------------------------------------------------------
-# Rewards: read at the last REAL token through the attention mask. transformers' own pooling takes
+# 7. Rewards and the scoring loop
+# Rewards are read at the last REAL token through the attention mask. transformers' own pooling takes
 # the rightmost token that is not pad_token_id, which is one token early when pad = eos and a text
 # ends in eos; gathering by the mask is right for every tokenizer and any padding.
 # ---------------------------------------------------------------------------------------------
+
+
 def rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     last = attention_mask.sum(dim=1) - 1
@@ -543,9 +626,102 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
     return scores
 
 
+@dataclass
+class ItemScores:
+    chosen: list[float]
+    rejected: list[float]
+
+    @property
+    def correct(self) -> bool:
+        """The paper rule: every chosen response strictly above every rejected one (ties are wrong)."""
+        return min(self.chosen) > max(self.rejected)
+
+    @property
+    def margin(self) -> float:
+        """min(chosen) - max(rejected): positive exactly when the item is correct."""
+        return min(self.chosen) - max(self.rejected)
+
+
+def _cache_key(items: Sequence[Item], max_length: int, dtype: torch.dtype, fingerprint: dict | None) -> str:
+    digest = hashlib.sha256(json.dumps([max_length, str(dtype), fingerprint], sort_keys=True).encode())
+    for item in items:
+        digest.update(json.dumps([item.id, item.prompt, item.chosen, item.rejected]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _read_score_cache(path: Path, items: Sequence[Item], key: str) -> tuple[list[ItemScores] | None, str]:
+    """The cached scores of `items` in order, or None and why they cannot be reused."""
+    meta = path.with_suffix(".meta.json")
+    if not path.exists():
+        return None, "no cache"
+    try:
+        rows = {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+        stored_key = json.loads(meta.read_text(encoding="utf-8"))["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "cache unreadable"
+    if set(rows) != {item.id for item in items} or len(rows) != len(items):
+        return None, "cache covers other items"
+    if stored_key != key:
+        return None, "cache made by another RM, --max-length, dtype or item text"
+    scores = [ItemScores(rows[i.id]["chosen_scores"], rows[i.id]["rejected_scores"]) for i in items]
+    if any(len(s.chosen) != len(i.chosen) or len(s.rejected) != len(i.rejected) for s, i in zip(scores, items)):
+        return None, "cache has other response counts"
+    return scores, "reused"
+
+
+def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
+                max_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                fingerprint: dict | None = None, desc: str = "scoring items", **score_kwargs) -> list[ItemScores]:
+    """Scores of every response of every item, in item order.
+
+    Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) is reused when it covers exactly these items and its sidecar
+    `<subset>.meta.json` matches the RM `fingerprint`, `max_length`, dtype and item texts; otherwise the subset is
+    rescored and the cache rewritten. What is left is flattened into ONE score_texts call (extra keyword arguments
+    go to it), so batches are length-sorted across all items and every distinct text is scored once.
+    cache_dir None scores everything and caches nothing.
+    """
+    by_subset: dict[str, list[Item]] = {}
+    for item in items:
+        by_subset.setdefault(item.subset, []).append(item)
+    done: dict[tuple[str, str], ItemScores] = {}
+    todo: dict[str, str] = {}  # subset -> cache key
+    reasons: dict[str, list[str]] = {}  # why a cache was (not) reused -> subsets
+    for subset, subset_items in by_subset.items():
+        key = _cache_key(subset_items, max_length, dtype, fingerprint)
+        if cache_dir is None:
+            todo[subset] = key
+            continue
+        cached, why = _read_score_cache(Path(cache_dir) / f"{subset}.jsonl", subset_items, key)
+        reasons.setdefault(why, []).append(subset)
+        if cached is None:
+            todo[subset] = key
+        else:
+            done.update({(i.subset, i.id): s for i, s in zip(subset_items, cached)})
+    if reasons:
+        click.echo(f"[{desc}] score cache {cache_dir}: " + "; ".join(
+            f"{why}{'' if why == 'reused' else ' → scoring'}: {', '.join(names)}" for why, names in reasons.items()),
+            err=True)
+    texts = list(dict.fromkeys(text for subset in todo for item in by_subset[subset] for text in item.texts()))
+    rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
+                                             desc=desc, **score_kwargs))) if texts else {}
+    for subset, key in todo.items():
+        for item in by_subset[subset]:
+            values = [rewards_of[text] for text in item.texts()]
+            done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"{subset}.jsonl"
+            write_jsonl(path, ({"id": i.id, "subset": subset, "chosen_scores": done[subset, i.id].chosen,
+                                "rejected_scores": done[subset, i.id].rejected} for i in by_subset[subset]))
+            write_json(path.with_suffix(".meta.json"), {"key": key, "max_length": max_length, "dtype": str(dtype),
+                                                        "fingerprint": fingerprint, "items": len(by_subset[subset])})
+    return [done[item.subset, item.id] for item in items]
+
+
 # ---------------------------------------------------------------------------------------------
-# MLP hooks at a neuron site on every layer; always removed, even when the forward raises.
+# 8. MLP hooks at a neuron site on every layer; always removed, even when the forward raises
 # ---------------------------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor | None]):
     """Call fn(layer, activations[batch, seq, d_mlp]) at `site` of every layer. A tensor returned by fn
@@ -571,7 +747,14 @@ def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor |
             handle.remove()
 
 
-# ---- Benchmarks: item format, loaders, task map, item scoring, official scorers ----
+# ---------------------------------------------------------------------------------------------
+# 9. Benchmarks
+# Every benchmark is normalised to SPEC §1's item format {id, subset, prompt, chosen: [...], rejected: [...]};
+# which objective group a subset counts towards, its display name and its official scorer are data
+# (data/tasks.json), not code.
+# ---------------------------------------------------------------------------------------------
+
+
 # Every benchmark is normalised to SPEC §1's item format {id, subset, prompt, chosen: [...], rejected: [...]};
 # which objective group a subset counts towards, its display name and its official scorer are data
 # (data/tasks.json), not code.
@@ -797,106 +980,6 @@ def load_benchmarks(specs: Sequence[str], tasks: dict[str, Task]) -> Bench:
     return bench
 
 
-@dataclass
-class ItemScores:
-    chosen: list[float]
-    rejected: list[float]
-
-    @property
-    def correct(self) -> bool:
-        """The paper rule: every chosen response strictly above every rejected one (ties are wrong)."""
-        return min(self.chosen) > max(self.rejected)
-
-    @property
-    def margin(self) -> float:
-        """min(chosen) - max(rejected): positive exactly when the item is correct."""
-        return min(self.chosen) - max(self.rejected)
-
-
-def rm_fingerprint(rm_path: str | os.PathLike) -> dict:
-    """What identifies a saved RM's weights cheaply (file sizes and times): a retrained RM invalidates its cache."""
-    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(rm_path).glob("*.safetensors"))}
-
-
-def context_length(model) -> int:
-    return arch_of(model).context(model.config)
-
-
-def _cache_key(items: Sequence[Item], max_length: int, dtype: torch.dtype, fingerprint: dict | None) -> str:
-    digest = hashlib.sha256(json.dumps([max_length, str(dtype), fingerprint], sort_keys=True).encode())
-    for item in items:
-        digest.update(json.dumps([item.id, item.prompt, item.chosen, item.rejected]).encode("utf-8"))
-    return digest.hexdigest()
-
-
-def _read_score_cache(path: Path, items: Sequence[Item], key: str) -> tuple[list[ItemScores] | None, str]:
-    """The cached scores of `items` in order, or None and why they cannot be reused."""
-    meta = path.with_suffix(".meta.json")
-    if not path.exists():
-        return None, "no cache"
-    try:
-        rows = {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
-        stored_key = json.loads(meta.read_text(encoding="utf-8"))["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, "cache unreadable"
-    if set(rows) != {item.id for item in items} or len(rows) != len(items):
-        return None, "cache covers other items"
-    if stored_key != key:
-        return None, "cache made by another RM, --max-length, dtype or item text"
-    scores = [ItemScores(rows[i.id]["chosen_scores"], rows[i.id]["rejected_scores"]) for i in items]
-    if any(len(s.chosen) != len(i.chosen) or len(s.rejected) != len(i.rejected) for s, i in zip(scores, items)):
-        return None, "cache has other response counts"
-    return scores, "reused"
-
-
-def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
-                max_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
-                fingerprint: dict | None = None, desc: str = "scoring items", **score_kwargs) -> list[ItemScores]:
-    """Scores of every response of every item, in item order.
-
-    Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) is reused when it covers exactly these items and its sidecar
-    `<subset>.meta.json` matches the RM `fingerprint`, `max_length`, dtype and item texts; otherwise the subset is
-    rescored and the cache rewritten. What is left is flattened into ONE score_texts call (extra keyword arguments
-    go to it), so batches are length-sorted across all items and every distinct text is scored once.
-    cache_dir None scores everything and caches nothing.
-    """
-    by_subset: dict[str, list[Item]] = {}
-    for item in items:
-        by_subset.setdefault(item.subset, []).append(item)
-    done: dict[tuple[str, str], ItemScores] = {}
-    todo: dict[str, str] = {}  # subset -> cache key
-    reasons: dict[str, list[str]] = {}  # why a cache was (not) reused -> subsets
-    for subset, subset_items in by_subset.items():
-        key = _cache_key(subset_items, max_length, dtype, fingerprint)
-        if cache_dir is None:
-            todo[subset] = key
-            continue
-        cached, why = _read_score_cache(Path(cache_dir) / f"{subset}.jsonl", subset_items, key)
-        reasons.setdefault(why, []).append(subset)
-        if cached is None:
-            todo[subset] = key
-        else:
-            done.update({(i.subset, i.id): s for i, s in zip(subset_items, cached)})
-    if reasons:
-        click.echo(f"[{desc}] score cache {cache_dir}: " + "; ".join(
-            f"{why}{'' if why == 'reused' else ' → scoring'}: {', '.join(names)}" for why, names in reasons.items()),
-            err=True)
-    texts = list(dict.fromkeys(text for subset in todo for item in by_subset[subset] for text in item.texts()))
-    rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
-                                             desc=desc, **score_kwargs))) if texts else {}
-    for subset, key in todo.items():
-        for item in by_subset[subset]:
-            values = [rewards_of[text] for text in item.texts()]
-            done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
-        if cache_dir is not None:
-            path = Path(cache_dir) / f"{subset}.jsonl"
-            write_jsonl(path, ({"id": i.id, "subset": subset, "chosen_scores": done[subset, i.id].chosen,
-                                "rejected_scores": done[subset, i.id].rejected} for i in by_subset[subset]))
-            write_json(path.with_suffix(".meta.json"), {"key": key, "max_length": max_length, "dtype": str(dtype),
-                                                        "fingerprint": fingerprint, "items": len(by_subset[subset])})
-    return [done[item.subset, item.id] for item in items]
-
-
 def paper_accuracy(scores: Sequence[ItemScores]) -> float:
     return sum(s.correct for s in scores) / len(scores) if scores else float("nan")
 
@@ -957,49 +1040,3 @@ def official_scores(by_subset: dict[str, Sequence[ItemScores]], tasks: dict[str,
         elif scorer == "rm-bench-3x3":
             rows += [(scorer, f"{subset} {level}", value) for level, value in rm_bench_accuracy(scores).items()]
     return rows
-
-
-# ---- Tables and the report: CSV + Markdown per step, and results/<model>/report.md gathering the steps ----
-REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared")
-
-
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
-def write_table(stem: Path, header: Sequence[str], rows: Iterable[Sequence], markdown: str) -> None:
-    """<stem>.csv at full precision and <stem>.md, the same table rounded for reading."""
-    write_csv(stem.with_suffix(".csv"), header, rows)
-    write_text(stem.with_suffix(".md"), markdown)
-
-
-def remove_table(stem: Path) -> None:
-    """A table this run skipped must not leave an earlier run's version looking current."""
-    for stale in (stem.with_suffix(".csv"), stem.with_suffix(".md")):
-        stale.unlink(missing_ok=True)
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(results_dir: str | os.PathLike, model: str) -> Path:
-    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order."""
-    root = Path(results_dir) / model_slug(model)
-    sections = [(root / step / "report_section.md").read_text(encoding="utf-8").strip()
-                for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
-    report = root / "report.md"
-    write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
-    return report
