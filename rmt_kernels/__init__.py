@@ -1,7 +1,8 @@
 """rm-tension kernels: streaming per-neuron statistics and top-tau neuron selection.
 
 The compiled extension (rmt_kernels._C, C++/OpenMP + optional CUDA) is optional: without it every op runs
-its pure-torch reference. See rmt_kernels.ops for the semantics and set_backend() for the switch.
+its pure-torch reference. See rmt_kernels.ops for the semantics, set_backend() for the switch and
+backend(device) for what runs on a device.
 """
 from .ops import (
     accumulate_,

@@ -43,17 +43,37 @@ def set_backend(name: str) -> None:
     _backend = name
 
 
-def backend() -> str:
-    """The implementation in use: "ext-cuda" (extension with CUDA kernels), "ext-cpu" or "torch"."""
+def _ext_runs_on(device: torch.device, cuda_kernel: bool = True) -> bool:
+    """Whether tensors on `device` run the extension: CPU always (when it is selected), CUDA only when it was
+    built with CUDA (and the op has a CUDA kernel), any other device never."""
+    if _backend == "torch" or _C is None:
+        return False
+    return device.type == "cpu" or (cuda_kernel and device.type == "cuda" and bool(_C.with_cuda))
+
+
+def backend(device: torch.device | str | None = None) -> str:
+    """The implementation that runs: "ext-cuda" (the extension's CUDA kernels), "ext-cpu" (its C++ kernels)
+    or "torch" (the pure-torch references).
+
+    With `device` (a torch.device or a string such as "cuda", "cuda:1", "cpu"): what `accumulate_` and
+    `accumulate_sq_diff_` run for tensors on that device — "ext-cpu" for CPU, "ext-cuda" for CUDA only if the
+    extension was built with CUDA kernels (else "torch": CUDA tensors then run the references), "torch" for
+    any other device or when the extension is not selected. `top_tau` has no CUDA kernel: it runs the
+    reference on CUDA tensors. Without `device`: how the selected extension was built ("ext-cuda" if with
+    CUDA kernels, else "ext-cpu"), or "torch" — pass the device you compute on to know what runs there.
+    """
     if _backend == "torch" or _C is None:
         return "torch"
-    return "ext-cuda" if _C.with_cuda else "ext-cpu"
+    if device is None:
+        return "ext-cuda" if _C.with_cuda else "ext-cpu"
+    device = torch.device(device)
+    if not _ext_runs_on(device):
+        return "torch"
+    return "ext-cuda" if device.type == "cuda" else "ext-cpu"
 
 
 def _use_ext(t: torch.Tensor, cuda_kernel: bool = True) -> bool:
-    if _backend == "torch" or _C is None:
-        return False
-    return t.device.type == "cpu" or (cuda_kernel and t.device.type == "cuda" and _C.with_cuda)
+    return _ext_runs_on(t.device, cuda_kernel)
 
 
 # ---------------------------------------------------------------------------------------------- checks

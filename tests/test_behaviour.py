@@ -1,5 +1,7 @@
 """Benchmark loaders, item scoring with its cache, the official scorers, retention, and behaviour.py end to end."""
 import json
+import os
+import shutil
 import math
 import sys
 from pathlib import Path
@@ -220,10 +222,53 @@ def test_scores_are_cached_and_reused(tmp_path, tiny_rm, monkeypatch):
     assert len(calls) == 1 and again == first  # reused: nothing scored
     common.score_items(model, tokenizer, items[:3], cache, 4, 128, torch.device("cpu"),
                        fingerprint=common.rm_fingerprint(path))
-    assert len(calls) == 2  # other items: rescored
+    assert len(calls) == 1  # a subsample of cached items: reused ...
+    assert len((cache / "demo-helpful-quality.jsonl").read_text().splitlines()) == 4  # ... and the cache not cut
+    extra = common.item_from_row(item_row(9), "test")
+    common.score_items(model, tokenizer, [items[0], extra], cache, 4, 128, torch.device("cpu"),
+                       fingerprint=common.rm_fingerprint(path))
+    assert calls[-1] == extra.texts()  # only the new item is scored, and merged in
+    assert len((cache / "demo-helpful-quality.jsonl").read_text().splitlines()) == 5
     common.score_items(model, tokenizer, items[:3], cache, 4, 64, torch.device("cpu"),
                        fingerprint=common.rm_fingerprint(path))
     assert len(calls) == 3  # same items, other --max-length: rescored
+
+
+def test_score_cache_keys_include_interventions_and_survive_a_copy(tmp_path, tiny_rm, monkeypatch):
+    """Issues #8, #9: ablated scores are never served as the plain RM's (or the reverse), and a copied RM keeps
+    its cache because the key is the weights' content, not their file times."""
+    model, tokenizer, path = tiny_rm
+    items = [common.item_from_row(item_row(i), "test") for i in range(3)]
+    calls = []
+    real = common.score_texts
+    monkeypatch.setattr(common, "score_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cpu = torch.device("cpu")
+
+    def score(cache, rm_path=path, selected=None):
+        extra = {} if selected is None else {"hooks": common.ablation_hooks(model, "act", selected),
+                                             "intervention": common.intervention("act", "zero", selected)}
+        return common.score_items(model, tokenizer, items, cache, 4, 128, cpu,
+                                  fingerprint=common.rm_fingerprint(rm_path), **extra)
+
+    plain = score(tmp_path / "scores")
+    selected = torch.zeros(common.mlp_shape(model), dtype=torch.bool)
+    selected[:, :40] = True
+    with pytest.raises(ValueError, match="intervention"):
+        common.score_items(model, tokenizer, items, tmp_path / "scores", 4, 128, cpu,
+                           hooks=common.ablation_hooks(model, "act", selected))
+    ablated = score(tmp_path / "ablated", selected=selected)
+    assert len(calls) == 2 and ablated != plain
+    assert score(tmp_path / "ablated", selected=selected) == ablated and len(calls) == 2
+    other = selected.clone()
+    other[0, 0] = False
+    score(tmp_path / "ablated", selected=other)
+    assert len(calls) == 3  # another neuron set: another key
+
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    os.utime(copy / "model.safetensors", (0, 0))
+    assert score(tmp_path / "scores", rm_path=copy) == plain and len(calls) == 3  # reused after a copy
+    assert score(tmp_path / "scores", selected=selected) == ablated and len(calls) == 4  # same folder, not served
 
 
 # ---- behaviour.py end to end ----
@@ -286,7 +331,7 @@ def test_max_items_scores_the_same_seeded_subsample_of_each_task(tmp_path):
            for path in scores.glob("*.jsonl")}
     assert {subset: len(kept) for subset, kept in ids.items()} == {
         "demo-helpful-quality": 3, "demo-harmless-refuse": 3, "demo-helpful-style": 3}
-    again = behaviour.cap_items(common.read_item_path(bench_folder(tmp_path / "again")), 3)
+    again = common.cap_items(common.read_item_path(bench_folder(tmp_path / "again")), 3)
     assert sorted(item.id for item in again) == sorted(i for kept in ids.values() for i in kept)
     assert "at most 3 per task" in (out / "behaviour" / "report_section.md").read_text()
 
@@ -298,5 +343,5 @@ def test_no_trained_rm_at_all_says_how_to_train(tmp_path):
 
 
 def test_mean_std_is_the_population_std_over_finite_values():
-    mean, std, n = behaviour.mean_std([0.5, 1.0, math.nan])
+    mean, std, n = common.mean_std([0.5, 1.0, math.nan])
     assert (mean, std, n) == (0.75, 0.25, 2)

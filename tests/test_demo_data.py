@@ -148,7 +148,7 @@ def test_tasks_entries_are_well_formed(tasks):
     for name, entry in tasks.items():
         assert list(entry) == ["benchmark", "objective", "display", "section", "expected_count",
                                "paper_task", "scorer"], name
-        assert entry["benchmark"] in {"rewardbench", "rewardbench2", "rm-bench", "local", "demo"}
+        assert entry["benchmark"] in {"rewardbench", "rewardbench2", "rm-bench", "local", "demo", "hh-rlhf"}
         assert entry["objective"] in {"helpful", "harmless"}
         assert isinstance(entry["display"], str) and entry["display"]
         assert entry["scorer"] in {"paper", "rb2-best-of-4", "rm-bench-3x3"}

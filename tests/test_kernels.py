@@ -1,6 +1,9 @@
 """rmt_kernels: the extension against the torch references, the references against independent formulas,
 top-tau selection rules and argument validation. About 10 s on 2 CPU cores."""
 import math
+import os
+import shutil
+import types
 
 import pytest
 import torch
@@ -213,20 +216,58 @@ def test_cuda_tensors_work_on_every_backend(backend):
 
 # ------------------------------------------------------------------------------------------ backend
 
+def test_extension_is_built_where_a_compiler_exists():
+    """Where a C++ compiler exists the extension must import: otherwise every `needs_ext` test above skips and a
+    broken kernel build would pass CI. RMT_NO_EXT=1 tests the pure-torch fallback on purpose."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        pytest.skip("no C++ compiler (c++ or g++): the pure-torch reference kernels are the expected backend")
+    if os.environ.get("RMT_NO_EXT") == "1":
+        pytest.skip("RMT_NO_EXT=1: the pure-torch reference kernels were asked for")
+    assert ops._C is not None, (
+        f"a C++ compiler exists ({compiler}) but rmt_kernels._C does not import ({ops._EXT_ERROR}), so the "
+        f"extension tests skip; {ops.BUILD_HINT}, or set RMT_NO_EXT=1 to test the pure-torch fallback on purpose")
+
+
 def test_backend_switch(monkeypatch):
     rk.set_backend("torch")
     assert rk.backend() == "torch"
+    assert rk.backend("cpu") == rk.backend("cuda") == "torch"
     rk.set_backend("auto")
     assert rk.backend() == ("torch" if not HAS_EXT else "ext-cuda" if ops._C.with_cuda else "ext-cpu")
+    assert rk.backend("cpu") == ("ext-cpu" if HAS_EXT else "torch")
+    assert rk.backend(torch.device("cuda")) == ("ext-cuda" if HAS_EXT and ops._C.with_cuda else "torch")
     with pytest.raises(ValueError, match="backend must be one of"):
         rk.set_backend("fast")
     monkeypatch.setattr(ops, "_C", None)
     with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e ."):
         rk.set_backend("ext")
     rk.set_backend("auto")
-    assert rk.backend() == "torch"
+    assert rk.backend() == rk.backend("cpu") == rk.backend("cuda") == "torch"
     acts, mask = make_batch(2, 3, 37, torch.float32, "padded")
     rk.accumulate_(acts, mask, *new_acc(2, 37))  # falls back to the reference
+
+
+@pytest.mark.parametrize("with_cuda", [False, True])
+def test_backend_for_a_device(monkeypatch, with_cuda):
+    """backend(device) names what runs for tensors on that device: an extension built without CUDA must not be
+    reported for CUDA tensors, which then run the torch reference. A stand-in _C tests this without a GPU."""
+    monkeypatch.setattr(ops, "_C", types.SimpleNamespace(with_cuda=with_cuda))
+    for name in ("auto", "ext"):
+        rk.set_backend(name)
+        cuda = "ext-cuda" if with_cuda else "torch"
+        assert rk.backend("cuda") == rk.backend("cuda:1") == rk.backend(torch.device("cuda", 0)) == cuda
+        assert rk.backend("cpu") == rk.backend(torch.device("cpu")) == "ext-cpu"
+        assert rk.backend("meta") == "torch"
+        assert rk.backend() == ("ext-cuda" if with_cuda else "ext-cpu")  # no device: how the extension was built
+        for device in ("cpu", "cuda", "meta"):  # the answer is the dispatch of accumulate_ itself
+            tensor = types.SimpleNamespace(device=torch.device(device))  # no CUDA tensor needed for this
+            assert (rk.backend(device) != "torch") == ops._use_ext(tensor)
+    rk.set_backend("torch")
+    assert rk.backend() == rk.backend("cpu") == rk.backend("cuda") == "torch"
+    rk.set_backend("auto")
+    monkeypatch.setattr(ops, "_C", None)
+    assert rk.backend() == rk.backend("cpu") == rk.backend("cuda") == "torch"
 
 
 # ------------------------------------------------------------------------------------------- top-tau

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import click
 import h5py
 import pytest
 import torch
@@ -105,22 +106,27 @@ def test_scores_and_rmsd_equal_direct_computation(tmp_path, backend):
             assert (torch.from_numpy(f[side]["pos_count"][()]) - (flat > 0).sum(1)).abs().max() <= 1
         rmsd = [(c.mean(1) - r.mean(1)).square().mean().sqrt() for c, r in zip(acts["chosen"], acts["rejected"])]
         torch.testing.assert_close(torch.from_numpy(f["pair_rmsd"][()]), torch.stack(rmsd), rtol=1e-4, atol=1e-7)
-        assert f.attrs["backend"] == rk.backend() and f.attrs["pairs"] == PAIRS and f.attrs["site"] == "act"
-        assert json.loads(f.attrs["config"])["objective"] == "helpful"
-        k = f.attrs["top_tau_k"]
-        assert k == round(0.1 * f["score"].size)
+        assert f.attrs["backend"] == rk.backend(torch.device("cpu")) and f.attrs["pairs"] == PAIRS
+        assert f.attrs["site"] == "act" and json.loads(f.attrs["config"])["objective"] == "helpful"
+        assert json.loads(f.attrs["settings"])["max_pairs"] == PAIRS
 
     base, _ = common.new_reward_model("tiny-gpt2", 0)
     diffs = direct(model, tokenizer, "act", base=base.eval())
     with h5py.File(folder / "change.h5", "r") as f:
+        # SPEC §4: chosen/ and rejected/ hold activation statistics in every file; the differences have their own
+        with h5py.File(folder / "magnitude.h5", "r") as g:
+            assert all(torch.equal(torch.from_numpy(f[side]["sum"][()]), torch.from_numpy(g[side]["sum"][()]))
+                       for side in ("chosen", "rejected"))
+        assert f["sq_diff/chosen/tokens"][()] + f["sq_diff/rejected/tokens"][()] == \
+            f["chosen/tokens"][()] + f["rejected/tokens"][()]
         flat = torch.cat(diffs["chosen"] + diffs["rejected"], dim=1)
         torch.testing.assert_close(torch.from_numpy(f["score"][()]), flat.square().mean(1).sqrt().float(),
                                    rtol=1e-4, atol=1e-6)
     with h5py.File(folder / "random.h5", "r") as f:
         torch.testing.assert_close(torch.from_numpy(f["score"][()]),
-                                   torch.rand(f["score"].shape, generator=neurons.random_generator("helpful", 0)))
+                                   torch.rand(f["score"].shape, generator=common.random_generator("helpful", 0)))
         assert not torch.equal(torch.from_numpy(f["score"][()]),
-                               torch.rand(f["score"].shape, generator=neurons.random_generator("harmless", 0)))
+                               torch.rand(f["score"].shape, generator=common.random_generator("harmless", 0)))
 
     out = tmp_path / "results" / "tiny-gpt2" / "neurons"
     for name in ("layers.csv", "layers.md", "fig4_layers.png", "rmsd.csv", "rmsd.md", "report_section.md", "run.json"):
@@ -139,11 +145,11 @@ def test_down_in_site_on_gated_mlp(tmp_path):
     model, tokenizer = common.load_reward_model(rm_path, torch.device("cpu"))
     acts = direct(model, tokenizer, "down_in")
     means = {side: torch.cat(acts[side], dim=1).mean(1) for side in acts}
-    with h5py.File(rm_path.parent / "neurons" / "magnitude.h5", "r") as f:
+    with h5py.File(rm_path.parent / "neurons" / "down_in" / "magnitude.h5", "r") as f:
         assert f.attrs["site"] == "down_in" and f["score"].shape == common.mlp_shape(model)
         torch.testing.assert_close(torch.from_numpy(f["score"][()]), ((means["chosen"] + means["rejected"]) / 2).float(),
                                    rtol=1e-5, atol=1e-6)
-    assert not (rm_path.parent / "neurons" / "change.h5").exists()
+    assert not (rm_path.parent / "neurons" / "down_in" / "change.h5").exists()
 
 
 def test_crash_leaves_no_half_written_file_then_skips_when_done(tmp_path, monkeypatch):
@@ -165,7 +171,56 @@ def test_crash_leaves_no_half_written_file_then_skips_when_done(tmp_path, monkey
     assert run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude").exit_code == 0
     assert [p.name for p in folder.iterdir()] == ["magnitude.h5"]
     again = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude")
-    assert again.exit_code == 0 and "already scored" in again.output
+    assert again.exit_code == 0 and "up to date" in again.output
+
+
+def test_files_made_with_other_settings_are_rescored_not_reused(tmp_path):
+    """Issue #9: a rerun with another site or pair count must not be served the old files, and the report says
+    what the files record."""
+    rm_path = save_rm(tmp_path / "runs", "tiny-gpt2")
+    assert run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude").exit_code == 0
+    act_file = rm_path.parent / "neurons" / "magnitude.h5"
+    before = act_file.read_bytes()
+
+    result = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude", "--site", "down_in", "--max-pairs", "3")
+    assert result.exit_code == 0, result.output
+    with h5py.File(rm_path.parent / "neurons" / "down_in" / "magnitude.h5", "r") as f:
+        assert f.attrs["site"] == "down_in" and f.attrs["pairs"] == 3
+    assert act_file.read_bytes() == before  # both sites live side by side
+    report = (tmp_path / "results" / "tiny-gpt2" / "neurons" / "down_in" / "report_section.md").read_text()
+    assert "`down_in`" in report and "helpful seed 0: 3" in report
+
+    result = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude", "--max-pairs", "3")
+    assert "max_pairs 5 (now 3)" in result.output and "rescoring" in result.output
+    with h5py.File(act_file, "r") as f:
+        assert f.attrs["pairs"] == 3
+
+
+def test_read_neurons_refuses_another_site_or_backbone(tmp_path):
+    rm_path = save_rm(tmp_path / "runs", "tiny-gpt2")
+    assert run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude").exit_code == 0
+    model, _ = common.load_reward_model(rm_path, torch.device("cpu"))
+    cfg = {"model": "tiny-gpt2", "runs_dir": str(tmp_path / "runs"), "data_dir": DEMO, "max_pairs": PAIRS}
+    run = rm_path.parent
+    read = common.read_neurons(run, "magnitude", "act", model, cfg)
+    assert read.score.shape == common.mlp_shape(model) and read.site == "act"
+    with h5py.File(run / "neurons" / "magnitude.h5", "r") as f:
+        pooled = (f["chosen/sum"][()] + f["rejected/sum"][()]) / (f["chosen/tokens"][()] + f["rejected/tokens"][()])
+    torch.testing.assert_close(read.mean_activation, torch.from_numpy(pooled))
+    with h5py.File(run / "neurons" / "magnitude.h5", "r+") as f:
+        f.attrs["site"] = "down_in"
+    with pytest.raises(click.ClickException, match="(?s)made at site .down_in.*neurons.py --model tiny-gpt2"):
+        common.read_neurons(run, "magnitude", "act", model, cfg)
+    llama, _ = common.new_reward_model("tiny-llama", 0)
+    with pytest.raises(click.ClickException, match="neuron grid"):
+        common.read_neurons(run, "magnitude", "down_in" if False else "act", llama, cfg)
+
+
+def test_tau_that_selects_no_neuron_is_refused_with_the_smallest_that_does():
+    score = torch.rand(3, 192)
+    with pytest.raises(click.ClickException, match="smallest τ that selects one is 0.0869"):
+        common.select_top(score, 0.01)
+    assert int(common.select_top(score, 0.0869).sum()) == 1
 
 
 def test_missing_rm_names_the_train_command(tmp_path):

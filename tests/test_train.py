@@ -1,7 +1,11 @@
 """Foundation: backbones, reward read-out, HH-RLHF loading and experiments/train.py."""
 import gzip
+import hashlib
 import importlib.util
 import json
+import os
+import stat
+from pathlib import Path
 
 import click
 import pytest
@@ -179,6 +183,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_rm(tmp_path, toy_hh):
     assert record["config"]["objective"] == "harmless" and record["command"] and record["versions"]["torch"]
     assert not (run / "checkpoint").exists()
     common.load_reward_model(run / "rm", CPU)
+    assert (run / "rm" / "weights.sha256").read_text() == common.weights_sha256(run / "rm") + "\n"
     assert "already trained" in run_train(*TRAIN_ARGS, "--data-dir", toy_hh, "--runs-dir", tmp_path / "runs")
 
 
@@ -194,6 +199,86 @@ def test_interrupted_training_resumes_where_it_stopped(tmp_path, toy_hh):
     assert split["resumed_from_step"] == 5
     assert split["loss_curve"] == pytest.approx(straight["loss_curve"], abs=1e-4)
     assert split["eval_accuracy"] == pytest.approx(straight["eval_accuracy"])
+
+
+@pytest.mark.parametrize("option, value, difference", [("--lr", "2e-3", "--lr: checkpoint 0.001, now 0.002"),
+                                                      ("--batch-size", "4", "--batch-size: checkpoint 8, now 4")])
+def test_resuming_with_other_options_is_refused_unless_forced(tmp_path, toy_hh, option, value, difference):
+    args = [*TRAIN_ARGS, "--data-dir", toy_hh, "--runs-dir", tmp_path / "runs"]
+    run = tmp_path / "runs" / "tiny-gpt2" / "harmless" / "seed0"
+    run_train(*args, "--max-steps", "2")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]  # no .old or .tmp left behind
+    refused = CliRunner().invoke(train.main, [str(a) for a in [*args, option, value]])
+    assert refused.exit_code != 0
+    assert difference in refused.output and refused.output.count(", now ") == 1
+    assert "--force" in refused.output
+    assert "resuming from step 2" in run_train(*args, "--max-steps", "3")  # refused, not harmed
+    forced = run_train(*args, option, value, "--force", "--max-steps", "1")
+    assert "starting over" in forced and "resuming from" not in forced
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 1
+    options = json.loads((run / "checkpoint" / "options.json").read_text())
+    assert options[option[2:].replace("-", "_")] == json.loads(value)
+    assert "resuming from step 1" in run_train(*args, option, value, "--max-steps", "2")
+
+
+def test_crash_between_checkpoint_renames_resumes_from_the_previous_one(tmp_path, toy_hh, monkeypatch):
+    args = [*TRAIN_ARGS, "--data-dir", toy_hh, "--save-every", "2"]
+    run_train(*args, "--runs-dir", tmp_path / "straight")
+    rename, saves = Path.rename, []
+
+    def dies_before_the_third_checkpoint_is_renamed_in(self, target):
+        if self.name == "checkpoint.tmp":
+            saves.append(self)
+            if len(saves) == 3:
+                raise RuntimeError("killed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", dies_before_the_third_checkpoint_is_renamed_in)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_train(*args, "--runs-dir", tmp_path / "split")
+    monkeypatch.undo()
+    run = tmp_path / "split" / "tiny-gpt2" / "harmless" / "seed0"
+    assert not (run / "checkpoint").exists()
+    assert json.loads((run / "checkpoint.old" / "progress.json").read_text())["step"] == 4
+    assert json.loads((run / "checkpoint.tmp" / "progress.json").read_text())["step"] == 6  # never trusted
+    assert "resuming from step 4" in run_train(*args, "--runs-dir", tmp_path / "split")
+    assert sorted(p.name for p in run.iterdir()) == ["rm", "train.json"]
+    split = json.loads((run / "train.json").read_text())["metrics"]
+    straight = json.loads((tmp_path / "straight/tiny-gpt2/harmless/seed0/train.json").read_text())["metrics"]
+    assert split["resumed_from_step"] == 4
+    assert split["loss_curve"] == pytest.approx(straight["loss_curve"], abs=1e-4)
+    assert split["eval_accuracy"] == pytest.approx(straight["eval_accuracy"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_rm_has_the_umask_permissions_and_its_weights_hash(tmp_path, umask):
+    model, tokenizer = common.new_reward_model("tiny-gpt2", seed=0)
+    before = os.umask(umask)
+    try:
+        train.save_rm(model, tokenizer, tmp_path / "rm")
+    finally:
+        os.umask(before)
+    rm = tmp_path / "rm"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in rm.iterdir()}
+    assert {"model.safetensors", "config.json", "weights.sha256"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)  # 0o644 under umask 022
+    assert stat.S_IMODE(rm.stat().st_mode) == 0o777 & ~umask
+    digest = hashlib.sha256()
+    for path in sorted(rm.glob("*.safetensors")):
+        digest.update(path.name.encode() + path.read_bytes())
+    assert (rm / "weights.sha256").read_text() == digest.hexdigest() + "\n"
+
+
+def test_weights_sha256_covers_every_safetensors_file_by_name(tmp_path):
+    (tmp_path / "b.safetensors").write_bytes(os.urandom(5 << 19))  # 2.5 MiB: several chunks
+    (tmp_path / "a.safetensors").write_bytes(b"small")
+    (tmp_path / "notes.txt").write_text("not weights")
+    expected = hashlib.sha256(b"a.safetensors" + b"small" + b"b.safetensors"
+                              + (tmp_path / "b.safetensors").read_bytes()).hexdigest()
+    assert common.weights_sha256(tmp_path) == expected
+    (tmp_path / "a.safetensors").rename(tmp_path / "c.safetensors")  # same bytes, other name
+    assert common.weights_sha256(tmp_path) != expected
 
 
 def test_micro_batches_accumulate_to_the_same_training(tmp_path, toy_hh):
