@@ -507,6 +507,11 @@ def neuron_dir(run: Path, site: str) -> Path:
     return run / "neurons" if site == "act" else run / "neurons" / site
 
 
+def ablation_dir(run: Path, ablation: str, method: str, tau: float) -> Path:
+    """SPEC §4: <run>/ablate/<ablation>-<method>-tau<τ as given>/ (its scores/ hold the ablated RM's scores)."""
+    return run / "ablate" / f"{ablation}-{method}-tau{tau:g}"
+
+
 WEIGHTS_HASH = "weights.sha256"
 
 
@@ -1023,6 +1028,23 @@ def ablation_hooks(model, site: str, selected: torch.Tensor, values: torch.Tenso
 
     with mlp_hooks(model, site, replace) if units else contextlib.nullcontext():
         yield
+
+
+def evaluate_rm(run: Path, model, tokenizer, items: Sequence[Item], cfg: dict, device: torch.device,
+                dtype: torch.dtype, ablated: tuple[str, torch.Tensor, torch.Tensor | None] | None = None,
+                cache_dir: Path | None = None, desc: str = "scoring") -> list[ItemScores]:
+    """Scores of `items` by the RM of `run`: plain (cached in <run>/scores/, shared with the behaviour step) or,
+    with `ablated` = (ablation kind, selected [layers, d_mlp] bool, mean values or None), with those neurons
+    switched off at cfg["site"] (cached in `cache_dir`, keyed by the intervention)."""
+    max_length = min(cfg["max_length"], context_length(model))
+    common_args = (model, tokenizer, items)
+    rest = dict(batch_size=2 * cfg["batch_size"], max_length=max_length, device=device, dtype=dtype,
+                fingerprint=rm_fingerprint(run / "rm"), desc=desc)
+    if ablated is None:
+        return score_items(*common_args, run / "scores", **rest)
+    kind, selected, values = ablated
+    return score_items(*common_args, cache_dir, **rest, hooks=ablation_hooks(model, cfg["site"], selected, values),
+                       intervention=intervention(cfg["site"], kind, selected, values))
 
 
 # ---------------------------------------------------------------------------------------------
