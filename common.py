@@ -683,7 +683,8 @@ def read_hh_file(path: Path, subset: str, bad: BadRows) -> list[Pair]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise click.ClickException(f"{where}: not an HH-RLHF file (line is not JSON: {e.msg})") from None
+                raise click.ClickException(f"{where}: not an HH-RLHF file: the line is not valid JSON ({e.msg} at column "
+                                           f"{e.colno})") from None
             if not isinstance(row, dict):
                 raise click.ClickException(f"{where}: not an HH-RLHF file (expected a JSON object per line)")
             problem = hh_row_problem(row)
@@ -1523,7 +1524,7 @@ def read_item_file(path: Path) -> list[Item]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise click.ClickException(f"{where}: line is not JSON ({e.msg})") from None
+                raise click.ClickException(f"{where}: the line is not valid JSON ({e.msg} at column {e.colno})") from None
             item = item_from_row(row, where)
             if (item.subset, item.id) in ids:
                 raise click.ClickException(f"{where}: id '{item.id}' of subset '{item.subset}' repeats line "

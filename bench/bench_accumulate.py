@@ -66,8 +66,8 @@ def main(batch, seq, d, dtypes, pad, example_mean, device, threads, reps, warmup
     tokens = int(mask.sum())
     mask = mask.to(device)
     print(f"[{batch}, {seq}, {d}], {tokens} real tokens ({1 - tokens / (batch * seq):.0%} padding); "
-          f"backend {rk.backend()}, device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    if device.type == "cuda" and rk.backend() != "ext-cuda":
+          f"backend {rk.backend(device)}, device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    if device.type == "cuda" and rk.backend(device) != "ext-cuda":
         print("note: the extension has no CUDA kernels, so 'ext' below is the torch reference too")
     header = (f"{'op':<20} {'dtype':<9} {'ext median':>10} {'ext min':>8} {'ref median':>10} {'ref min':>8} "
               f"{'speed-up':>8}")

@@ -31,7 +31,6 @@ import click
 import torch
 
 import common
-import neurons
 import rmt_kernels as rk
 from bench_accumulate import time_calls
 
@@ -66,8 +65,8 @@ def main(**cfg):
     layers, d_mlp = common.mlp_shape(model)
     click.echo(f"model {cfg['model']} ({layers} layers × {d_mlp} MLP units), harmless-base pairs, batch "
                f"{cfg['batch_size']} pairs, max length {cfg['max_length']}, {device}, {torch.get_num_threads()} "
-               f"threads, rmt_kernels backend {rk.backend()}")
-    batches = list(neurons.pair_batches(*common.encode_pairs(tokenizer, pairs[:cfg["pairs"]], cfg["max_length"]),
+               f"threads, rmt_kernels backend {rk.backend(device)}")
+    batches = list(common.pair_batches(*common.encode_pairs(tokenizer, pairs[:cfg["pairs"]], cfg["max_length"]),
                                         cfg["batch_size"], tokenizer.pad_token_id))
     rows = []
 
@@ -134,7 +133,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-class TimedPass(neurons.ScoringPass):
+class TimedPass(common.ScoringPass):
     """The scoring pass, also adding up the time spent inside its hooks (accumulation and bookkeeping)."""
 
     def timed_run(self, batches, device):
@@ -157,12 +156,11 @@ def plain_forward(model, batches, device):
 
 
 def ours_end_to_end(model, tokenizer, pairs, cfg, device, tmp):
-    scoring = neurons.ScoringPass(model)
-    scoring.run(neurons.pair_batches(*common.encode_pairs(tokenizer, pairs, cfg["max_length"]), cfg["batch_size"],
+    scoring = common.ScoringPass(model)
+    scoring.run(common.pair_batches(*common.encode_pairs(tokenizer, pairs, cfg["max_length"]), cfg["batch_size"],
                                      tokenizer.pad_token_id), device, torch.float32)
     score = scoring.magnitude().float().cpu()
-    neurons.write_h5(Path(tmp) / "magnitude.h5", score, scoring.act, {"method": "magnitude"},
-                     {"pair_rmsd": scoring.pair_rmsd()})
+    common.write_neuron_file(Path(tmp) / "magnitude.h5", score, scoring, {"method": "magnitude"}, change=False)
     return score
 
 
@@ -221,7 +219,7 @@ def accumulate_row(model, first_batch, device, reps):
                        example_mean=torch.empty(acts.shape[0], d_mlp, device=device))
 
     timings = {}
-    for name in ("ext", "torch") if rk.backend() != "torch" else ("torch",):
+    for name in ("ext", "torch") if rk.backend(device) != "torch" else ("torch",):
         rk.set_backend(name)
         timings[name] = statistics.median(time_calls(call, max(10, reps * 10), 3, device))
     rk.set_backend("auto")
@@ -257,11 +255,11 @@ def memory_child(cfg, n, plain, device):
     model_mb = peak_rss_mb()
     ids = common.encode_pairs(tokenizer, pairs, cfg["max_length"])
     loaded_mb = peak_rss_mb()
-    batches = neurons.pair_batches(*ids, cfg["batch_size"], tokenizer.pad_token_id)
+    batches = common.pair_batches(*ids, cfg["batch_size"], tokenizer.pad_token_id)
     if plain:
         plain_forward(model, batches, device)
     else:
-        neurons.ScoringPass(model).run(batches, device, torch.float32)
+        common.ScoringPass(model).run(batches, device, torch.float32)
     return {"model_mb": model_mb, "loaded_mb": loaded_mb, "added_mb": peak_rss_mb() - loaded_mb,
             "tokens": sum(len(seq) for side in ids for seq in side)}
 
