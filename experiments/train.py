@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import click
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 import common
@@ -279,8 +278,8 @@ def train_steps(accelerator, run: Run, progress: dict, checkpoint: Path, cfg, de
     """The optimizer steps from `progress` up to the end (or --max-steps), checkpointing every --save-every
     steps and where it stops."""
     run.net.train()
-    bar = tqdm(total=len(run.steps), initial=progress["step"], desc=desc, unit="step",
-               disable=not accelerator.is_main_process)
+    bar = common.progress(None, total=len(run.steps), initial=progress["step"], desc=desc, unit="step",
+                          disable=not accelerator.is_main_process)
     stop_at = len(run.steps) if cfg["max_steps"] is None else min(len(run.steps), cfg["max_steps"])
     started = time.perf_counter()
     for step in range(progress["step"], stop_at):
@@ -353,7 +352,7 @@ def held_out_accuracy(net, chosen_ids, rejected_ids, token_budget) -> float:
     # harmless-base pairs: 32 % above the real tokens, against 62 % sorting by prefix alone).
     order = sorted(range(len(chosen_ids)), key=lambda i: (-(prefix[i] // 64), -answer[i]))
     correct = 0
-    for micro in tqdm(micro_batches(order, prefix, answer, token_budget), desc="eval", unit="batch"):
+    for micro in common.progress(micro_batches(order, prefix, answer, token_budget), desc="eval", unit="batch"):
         chosen, rejected = net([chosen_ids[i] for i in micro], [rejected_ids[i] for i in micro])
         correct += int((chosen > rejected).sum())
     return correct / len(chosen_ids)
