@@ -84,10 +84,12 @@ DATA_ARGS=${DATA_ARGS---data-dir data/demo/hh-rlhf --max-length 256}
 # lr 1e-3: the tiny random demo backbones learn nothing in ~60 steps at the paper's 1e-4.
 TRAIN_ARGS=${TRAIN_ARGS---lr 1e-3}
 BENCH_ARGS=${BENCH_ARGS---bench demo}
-echo "== 1/3 train: $MODEL =="
+echo "== 1/4 train: $MODEL =="
 "$PY" experiments/train.py --model "$MODEL" $DATA_ARGS $TRAIN_ARGS
-echo "== 2/3 behaviour =="
+echo "== 2/4 behaviour =="
 "$PY" experiments/behaviour.py --model "$MODEL" $BENCH_ARGS
-echo "== 3/3 neurons =="
+echo "== 3/4 neurons =="
 "$PY" experiments/neurons.py --model "$MODEL" $DATA_ARGS
+echo "== 4/4 shared =="
+"$PY" experiments/shared.py --model "$MODEL" $DATA_ARGS $BENCH_ARGS
 echo "== done: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="

@@ -1,0 +1,590 @@
+"""Neurons the helpful and harmless objectives share, and what ablating them does to the mixed RM (paper §5,
+Table 4, Tables 17–19).
+
+    python experiments/shared.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256
+    python experiments/shared.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256 --tau 5 --tau 10 \\
+        --ablation mean
+    python experiments/shared.py --model smollm2-135m-instruct-q4 --data-dir ../shared/data/hh-rlhf \\
+        --train-split test --eval-fraction 0.2 --max-pairs 600 --bench ../shared/data/xstest/converted --max-items 50
+    python experiments/shared.py --model gpt2-medium --seed 0 --seed 1 --seed 2
+
+Needs the helpful, harmless and mixed RMs of every --seed (a missing one is named with its train.py command), so
+--objective must name all three (its default). Per seed, H, A and M are the top-τ % neurons (exact count, global
+over layers) of the helpful, harmless and mixed RMs by --method (runs/.../neurons/<method>.h5; made with
+neurons.py's pass when missing).
+
+Overlaps (SPEC §1 "Shared neurons"), each beside its exact chance level for independent uniformly random sets of
+the same sizes among all N neurons (hypergeometric expectations, summed exactly in log space where the ratio's
+denominator is random; see chance_levels):
+  retention |M∩(H∪A)|/|H∪A|, retention_authors |M∩(H∪A)|/|H∪A∪M| (the authors' variant, the paper's 0.549),
+  HA_over_H |H∩A|/|H|, HA_over_A |H∩A|/|A|, jaccard_HA, jaccard_MH, jaccard_MA, shared_share |H∩A|/N.
+Partitions of H∪A: helpful-only H\\A, harmless-only A\\H and shared H∩A exactly (not the authors' code, which also
+adds whole layers of one set where the other has none), each with a size-matched control random-<partition>: the
+same number of neurons drawn uniformly from all N by a generator seeded with the seed and the partition name. Each
+of the six sets is ablated in the MIXED RM (--ablation zero or mean, at --site, every token) and the RM evaluated
+on its held-out HH-RLHF pairs (hh-helpful-base, hh-harmless-base) and every --bench item (--max-items caps each
+task). An empty partition (and its empty control) is not scored: its rows repeat the baseline (Δ 0), noted in the
+report and run.json.
+
+Ablated scores are cached per set in <run of the mixed RM>/shared/<ablation>-<partition>-<method>-tau<τ>/scores/
+(--force rescores them); plain scores in <run>/scores/ (shared with behaviour.py and ablate.py).
+
+Writes <results-dir>/<model>/shared/: overlap.csv (seed, method, tau, measure, value, chance) and overlap.md (mean
+± std over seeds beside chance and the paper), overlap_tau.csv and fig_overlap_tau.png (HA_over_H and J(H,A) for
+τ = 1..30), layers_shared.csv and fig_layers_shared.png (helpful-only / shared / harmless-only per layer),
+partitions.csv (seed, method, tau, partition, neurons, task, group, items, accuracy, base_accuracy, delta; paper
+rule, fractions), table4.{csv,md} (Δ per objective group beside the size-matched control and the paper),
+tasks_harmless / tasks_helpful.{csv,md} (Tables 17–18: Δ per task), table19_reward.{csv,md} (change of the mean
+reward over all responses per task), report_section.md and run.json; then <results-dir>/<model>/report.md.
+"""
+import functools
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+import numpy
+import torch
+
+import common
+import rmt_kernels as rk
+
+PARTITIONS = ("helpful-only", "harmless-only", "shared")
+CONTROLS = tuple(f"random-{p}" for p in PARTITIONS)
+GROUPS = ("harmless", "helpful")
+MEASURES = ("retention", "retention_authors", "HA_over_H", "HA_over_A", "jaccard_HA", "jaccard_MH", "jaccard_MA",
+            "shared_share")
+MEASURE_LABELS = {"retention": "|M∩(H∪A)| / |H∪A|", "retention_authors": "|M∩(H∪A)| / |H∪A∪M| (authors' variant)",
+                  "HA_over_H": "|H∩A| / |H|", "HA_over_A": "|H∩A| / |A|", "jaccard_HA": "J(H, A)",
+                  "jaccard_MH": "J(M, H)", "jaccard_MA": "J(M, A)", "shared_share": "|H∩A| / N"}
+OVERLAP_COLUMNS = ("seed", "method", "tau", "measure", "value", "chance")
+PARTITION_COLUMNS = ("seed", "method", "tau", "partition", "neurons", "task", "group", "items", "accuracy",
+                     "base_accuracy", "delta")
+TAU_CURVE = tuple(float(t) for t in range(1, 31))
+# SPEC §1 "Shared neurons": the paper at τ = 10, magnitude, seed-averaged scores.
+PAPER_OVERLAP = {
+    "SmolLM2-135M": {"HA_over_H": 0.826, "jaccard_HA": 0.703, "jaccard_MH": 0.830, "jaccard_MA": 0.741},
+    "GPT-2 small": {"HA_over_H": 0.583, "jaccard_HA": 0.412, "jaccard_MH": 0.493, "jaccard_MA": 0.407},
+    "GPT-2 medium": {"HA_over_H": 0.562, "jaccard_HA": 0.391, "jaccard_MH": 0.472, "jaccard_MA": 0.428},
+}
+PAPER_BACKBONE = {"smollm2-135m": "SmolLM2-135M", "smollm2-135m-instruct-q4": "SmolLM2-135M",
+                  "gpt2-small": "GPT-2 small", "gpt2-medium": "GPT-2 medium"}
+PAPER_RETENTION_AUTHORS = 0.549
+# Table 4 (percentage points): baseline of the mixed RM and Δ per partition, (harmless tasks, helpful tasks).
+PAPER_TABLE4 = {"baseline": (61.04, 50.47), "shared": (-10.00, -4.40), "harmless-only": (-1.18, -0.76),
+                "helpful-only": (-0.00, -0.83)}
+
+
+@click.command(context_settings={"show_default": True})
+@common.rm_options
+@common.results_option
+@common.hh_data_options
+@common.method_option(default=("magnitude",))
+@common.neuron_options
+@common.tau_option(multiple=True)
+@common.bench_option
+@common.max_items_option
+@common.compute_options
+@click.option("--ablation", type=click.Choice(common.ABLATIONS), default="zero",
+              help="zero: set the partition's neurons to 0 (the paper's); mean: to each neuron's mean activation "
+                   "over the mixed RM's training pairs (from its .h5).")
+@click.option("--force", is_flag=True, help="Rescore the partition ablations even where cached scores exist.")
+def main(**cfg):
+    common.check_model(cfg["model"])
+    if set(cfg["objective"]) != set(common.OBJECTIVES):
+        raise click.UsageError("shared.py compares the helpful, harmless and mixed RMs: --objective must name all "
+                               "three (the default)")
+    rk.set_backend(cfg["backend"])
+    device = common.resolve_device(cfg["device"])
+    dtype = common.resolve_dtype(cfg["dtype"], device)
+    cfg["tau"] = tuple(dict.fromkeys(cfg["tau"]))
+    cfg["method"] = tuple(dict.fromkeys(cfg["method"]))
+    runs = common.require_runs(cfg["runs_dir"], cfg["model"], common.OBJECTIVES, cfg["seed"])  # before any work
+    out = common.step_dir(cfg["results_dir"], cfg["model"], "shared")
+
+    # load
+    tasks = common.load_tasks()
+    bench = common.load_benchmarks(cfg["bench"], tasks)
+    for note in bench.notes:
+        click.echo(f"note: {note}", err=True)
+    held_out = common.held_out_items("mixed", cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
+                                     cfg["eval_fraction"])
+    items = common.cap_items(held_out + list(bench.items), cfg["max_items"])
+    scored = ensure_neuron_files(cfg, runs, device, dtype)
+
+    # run
+    results = {seed: run_seed(cfg, seed, runs, items, tasks, device, dtype) for seed in cfg["seed"]}
+
+    # analyse and save
+    write_results(cfg, results, tasks, out)
+    notes = [note for result in results.values() for note in result["notes"]]
+    common.write_json(out / "run.json", {
+        **common.run_record({**cfg, "device": str(device), "dtype": str(dtype), "backend": rk.backend(device)}),
+        "neuron_files": scored, "items": len(items), "notes": notes,
+        "bench": {"sources": bench.sources, "excluded": bench.excluded, "notes": bench.notes},
+        "timing": {f"seed{seed}": result["timing"] for seed, result in results.items()}})
+    report = common.write_report(cfg["results_dir"], cfg["model"])
+    click.echo(f"shared neurons of {len(cfg['seed'])} seed(s) × {len(cfg['method'])} method(s) × {len(cfg['tau'])} "
+               f"τ → {out}; report: {report}")
+
+
+def headline(cfg) -> tuple[str, float]:
+    """The configuration of the figures and per-task tables: magnitude at τ = 10 (the paper's), else the first."""
+    method = "magnitude" if "magnitude" in cfg["method"] else cfg["method"][0]
+    tau = 10.0 if 10.0 in cfg["tau"] else cfg["tau"][0]
+    return method, tau
+
+
+# ---------------------------------------------------------------------------------------------
+# Set algebra on [layers, d_mlp] bool masks
+# ---------------------------------------------------------------------------------------------
+def ratio(numerator: int, denominator: int) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def overlaps(H: torch.Tensor, A: torch.Tensor, M: torch.Tensor) -> dict[str, float]:
+    """Every SPEC §1 overlap measure of the helpful (H), harmless (A) and mixed (M) neuron sets."""
+    size = lambda mask: int(mask.sum())  # noqa: E731
+    union = H | A
+    ha = size(H & A)
+    return {"retention": ratio(size(M & union), size(union)),
+            "retention_authors": ratio(size(M & union), size(union | M)),
+            "HA_over_H": ratio(ha, size(H)), "HA_over_A": ratio(ha, size(A)),
+            "jaccard_HA": ratio(ha, size(union)), "jaccard_MH": ratio(size(M & H), size(M | H)),
+            "jaccard_MA": ratio(size(M & A), size(M | A)), "shared_share": ratio(ha, H.numel())}
+
+
+def partitions(H: torch.Tensor, A: torch.Tensor) -> dict[str, torch.Tensor]:
+    """helpful-only H \\ A, harmless-only A \\ H and shared H ∩ A, exactly."""
+    return {"helpful-only": H & ~A, "harmless-only": A & ~H, "shared": H & A}
+
+
+def control_mask(shape, size: int, seed: int, partition: str) -> torch.Tensor:
+    """`size` neurons drawn uniformly without replacement from all of them, by a generator seeded with the run seed
+    and the partition's name (so each partition of each seed has its own reproducible control)."""
+    generator = torch.Generator().manual_seed(common.pair_hash(str(seed), partition) % (1 << 63))
+    mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+    mask[torch.randperm(mask.numel(), generator=generator)[:size]] = True
+    return mask.view(*shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chance levels: expectations for independent uniformly random sets of sizes h, a, m among N neurons
+# ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def log_factorials(n: int) -> numpy.ndarray:
+    return numpy.array([math.lgamma(i + 1) for i in range(n + 1)])
+
+
+def hypergeom(N: int, K: int, n: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(k, P(k)) of |X ∩ Y| for |X| = K fixed and Y a uniform n-subset of N, on the whole support, from log
+    factorials (normalised, so the rounding of the logs does not shift the total)."""
+    lf = log_factorials(N)
+    k = numpy.arange(max(0, K + n - N), min(K, n) + 1)
+    log_p = lf[K] - lf[k] - lf[K - k] + lf[N - K] - lf[n - k] - lf[N - K - n + k] - (lf[N] - lf[n] - lf[N - n])
+    p = numpy.exp(log_p - log_p.max())
+    return k, p / p.sum()
+
+
+def expected_jaccard(N: int, x: int, y: int) -> float:
+    """E[k / (x + y − k)] with k = |X ∩ Y| hypergeometric."""
+    k, p = hypergeom(N, x, y)
+    union = x + y - k
+    return float(numpy.sum(p * numpy.where(union > 0, k / numpy.maximum(union, 1), numpy.nan)))
+
+
+def chance_levels(N: int, h: int, a: int, m: int) -> dict[str, float]:
+    """Exact expectations of every overlap measure for independent uniform random sets of sizes h, a, m.
+
+    Fixed denominators are linear: E|X∩Y| = |X||Y|/N. retention: given U = H ∪ A (any size u ≥ 1), M is independent,
+    so E|M∩U|/u = m/N exactly. retention_authors: with k = |H∩A| (hypergeometric), u = h + a − k and j = |M∩U|
+    (hypergeometric given u), E = Σ_k P(k) Σ_j P(j|u) j / (u + m − j). Jaccard: E[k / (x + y − k)] summed over k."""
+    k, p = hypergeom(N, h, a)
+    authors = 0.0
+    for k_value, p_k in zip(k, p):
+        if p_k < 1e-20:  # terms this small cannot move a float64 result
+            continue
+        u = h + a - int(k_value)
+        j, q = hypergeom(N, u, m)
+        denominator = u + m - j
+        authors += p_k * float(numpy.sum(q * j / numpy.maximum(denominator, 1)))
+    return {"retention": ratio(m, N) if h + a else math.nan, "retention_authors": authors if h + a + m else math.nan,
+            "HA_over_H": ratio(a, N) if h else math.nan, "HA_over_A": ratio(h, N) if a else math.nan,
+            "jaccard_HA": expected_jaccard(N, h, a), "jaccard_MH": expected_jaccard(N, m, h),
+            "jaccard_MA": expected_jaccard(N, m, a), "shared_share": h * a / N / N}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per seed: the neuron sets, their overlaps (cheap, scores only), then the partition ablations in the mixed RM
+# ---------------------------------------------------------------------------------------------
+def ensure_neuron_files(cfg, runs, device, dtype) -> list[dict]:
+    """Score the neurons of every RM that lacks a file of an asked-for method (neurons.py's pass)."""
+    scored = []
+    for (objective, seed), run in runs.items():
+        folder = common.neuron_dir(run, cfg["site"])
+        missing = [m for m in cfg["method"] if not (folder / f"{m}.h5").exists()]
+        if missing:
+            click.echo(f"[{objective} seed {seed}] no {', '.join(f'{m}.h5' for m in missing)} in {folder}: scoring "
+                       "the neurons first (neurons.py's pass)", err=True)
+            scored.append(common.compute_neuron_files({**cfg, "force": False}, objective, seed, missing, device,
+                                                      dtype))
+    return scored
+
+
+def selectable(taus, n: int) -> list[float]:
+    """The τ values that select at least one of n neurons (select_top refuses the others)."""
+    return [t for t in taus if math.floor(t / 100 * n + 0.5) >= 1]
+
+
+def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
+    run = runs["mixed", seed]
+    model, tokenizer = common.load_reward_model(run / "rm", device)
+    files = {(o, m): common.read_neurons(runs[o, seed], m, cfg["site"], model, cfg)
+             for o in common.OBJECTIVES for m in cfg["method"]}
+    shape = tuple(files["mixed", cfg["method"][0]].score.shape)
+    n = math.prod(shape)
+
+    overlap_rows, curve_rows, layer_rows, sets = [], [], [], {}
+    for method in cfg["method"]:
+        for tau in dict.fromkeys((*cfg["tau"], *selectable(TAU_CURVE, n))):
+            H, A, M = (common.select_top(files[o, method].score, tau) for o in common.OBJECTIVES)
+            value = overlaps(H, A, M)
+            if tau in cfg["tau"]:
+                chance = chance_levels(n, int(H.sum()), int(A.sum()), int(M.sum()))
+                overlap_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
+                                  "chance": chance[k]} for k in MEASURES]
+                parts = partitions(H, A)
+                layer_rows += [{"seed": seed, "method": method, "tau": tau, "layer": layer,
+                                **{p: int(parts[p][layer].sum()) for p in PARTITIONS}} for layer in range(shape[0])]
+                for p in PARTITIONS:
+                    sets[method, tau, p] = parts[p]
+                    sets[method, tau, f"random-{p}"] = control_mask(shape, int(parts[p].sum()), seed, f"random-{p}")
+            if tau in TAU_CURVE:
+                curve_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
+                                "chance": ratio(int(A.sum()), n) if k == "HA_over_H"
+                                else expected_jaccard(n, int(H.sum()), int(A.sum()))}
+                               for k in ("HA_over_H", "jaccard_HA")]
+
+    started = time.perf_counter()
+    base = common.evaluate_rm(run, model, tokenizer, items, cfg, device, dtype, desc=f"mixed seed {seed} plain")
+    timing = {"items": len(items), "plain_seconds": round(time.perf_counter() - started, 2), "sets": {}}
+    partition_rows, notes = [], []
+    for (method, tau, name), mask in sets.items():
+        size = int(mask.sum())
+        label = f"{cfg['ablation']}-{name}-{method}-tau{tau:g}"
+        if size == 0:
+            scores = base
+            notes.append(f"seed {seed}: {name} ({method}, τ = {tau:g}) is empty: not scored, its rows repeat the "
+                         "baseline (Δ 0)")
+        else:
+            cache = run / "shared" / label / "scores"
+            if cfg["force"] and cache.exists():
+                shutil.rmtree(cache)
+            values = files["mixed", method].mean_activation if cfg["ablation"] == "mean" else None
+            started = time.perf_counter()
+            scores = common.evaluate_rm(run, model, tokenizer, items, cfg, device, dtype,
+                                        ablated=(cfg["ablation"], mask, values), cache_dir=cache,
+                                        desc=f"mixed seed {seed} {label}")
+            timing["sets"][label] = {"neurons": size, "seconds": round(time.perf_counter() - started, 2)}
+        partition_rows += [{"seed": seed, "method": method, "tau": tau, "partition": name, "neurons": size, **row}
+                           for row in task_rows(items, base, scores, tasks)]
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    return {"overlap": overlap_rows, "curve": curve_rows, "layers": layer_rows, "partitions": partition_rows,
+            "notes": notes, "timing": timing, "shape": shape}
+
+
+def mean_reward(scores) -> float:
+    values = [v for s in scores for v in (*s.chosen, *s.rejected)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def task_rows(items, base, ablated, tasks) -> list[dict]:
+    """Per task (subset, first-seen order): paper-rule accuracy before / after as fractions, and the mean reward
+    over all responses before / after (Table 19)."""
+    rows = []
+    for subset, pairs in common.group_by_subset(items, list(zip(base, ablated))).items():
+        before, after = [b for b, _ in pairs], [a for _, a in pairs]
+        accuracy, base_accuracy = common.paper_accuracy(after), common.paper_accuracy(before)
+        rows.append({"task": subset, "group": common.task_for(subset, tasks).objective or "", "items": len(pairs),
+                     "accuracy": accuracy, "base_accuracy": base_accuracy, "delta": accuracy - base_accuracy,
+                     "reward": mean_reward(after), "base_reward": mean_reward(before)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables, figures and the report section
+# ---------------------------------------------------------------------------------------------
+def fmt(value, digits=3) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def pm(stats, digits=3, scale=1.0, sign=False) -> str:
+    mean, std, count = stats
+    if count == 0:
+        return "–"
+    text = f"{mean * scale:+.{digits}f}" if sign else f"{mean * scale:.{digits}f}"
+    return text + (f" ± {std * scale:.{digits}f}" if count > 1 else "")
+
+
+def is_held_out(task: str, tasks) -> bool:
+    return common.task_for(task, tasks).benchmark == "hh-rlhf"
+
+
+def paper_backbone(model: str) -> str | None:
+    return PAPER_BACKBONE.get(model)
+
+
+def overlap_table(cfg, rows):
+    paper = PAPER_OVERLAP.get(paper_backbone(cfg["model"]), {})
+    header = ["method", "tau", "measure", "value_mean", "value_std", "seeds", "chance", "paper"]
+    csv_rows, md_rows = [], []
+    for method in cfg["method"]:
+        for tau in cfg["tau"]:
+            for measure in MEASURES:
+                picked = [r for r in rows if (r["method"], r["tau"], r["measure"]) == (method, tau, measure)]
+                stats = common.mean_std(r["value"] for r in picked)
+                chance = common.mean_std(r["chance"] for r in picked)[0]
+                ref = None
+                if method == "magnitude" and tau == 10.0:
+                    ref = PAPER_RETENTION_AUTHORS if measure == "retention_authors" else paper.get(measure)
+                csv_rows.append([method, f"{tau:g}", measure, stats[0], stats[1], stats[2], chance, ref])
+                md_rows.append([method, f"{tau:g}", MEASURE_LABELS[measure], pm(stats), fmt(chance), fmt(ref)])
+    md = common.markdown_table(["Method", "τ %", "Measure", "Ours (mean ± std over seeds)", "Chance", "Paper"],
+                               md_rows)
+    return header, csv_rows, md
+
+
+def group_delta(rows, tasks, method, tau, partition, group, field="delta"):
+    """Per seed the unweighted mean over the group's benchmark tasks (held-out HH-RLHF pairs excluded); then
+    mean ± std over seeds."""
+    per_seed = {}
+    for r in rows:
+        if (r["method"], r["tau"], r["partition"], r["group"]) == (method, tau, partition, group) \
+                and not is_held_out(r["task"], tasks):
+            per_seed.setdefault(r["seed"], []).append(r[field])
+    return common.mean_std(statistics.fmean(v) for v in per_seed.values())
+
+
+def table4(cfg, rows, tasks):
+    header = ["method", "tau", "partition", "neurons"] + [f"{g}_{k}" for g in GROUPS for k in
+                                                          ("delta_mean", "delta_std", "control_mean", "control_std")]
+    csv_rows, md_rows = [], []
+    for method in cfg["method"]:
+        for tau in cfg["tau"]:
+            base = {g: group_delta(rows, tasks, method, tau, "shared", g, "base_accuracy") for g in GROUPS}
+            paper = [f"{PAPER_TABLE4['baseline'][i]:.2f}" for i in range(2)] if (method, tau) == ("magnitude", 10.0) \
+                else ["–", "–"]
+            md_rows.append([method, f"{tau:g}", "baseline (not ablated)", "–",
+                            pm(base["harmless"], 2, 100), "", pm(base["helpful"], 2, 100), "", *paper])
+            for p in PARTITIONS:
+                neurons = common.mean_std(r["neurons"] for r in rows if (r["method"], r["tau"], r["partition"])
+                                          == (method, tau, p) and r["task"] == rows[0]["task"])[0]
+                own = {g: group_delta(rows, tasks, method, tau, p, g) for g in GROUPS}
+                ctl = {g: group_delta(rows, tasks, method, tau, f"random-{p}", g) for g in GROUPS}
+                csv_rows.append([method, f"{tau:g}", p, neurons] + [v for g in GROUPS for v in (*own[g][:2],
+                                                                                                *ctl[g][:2])])
+                paper = [f"{v:+.2f}" for v in PAPER_TABLE4[p]] if (method, tau) == ("magnitude", 10.0) else ["–", "–"]
+                md_rows.append([method, f"{tau:g}", p, f"{neurons:.0f}",
+                                *[c for g in GROUPS for c in (pm(own[g], 2, 100, True), pm(ctl[g], 2, 100, True))],
+                                *paper])
+    md = common.markdown_table(["Method", "τ %", "Ablated in the mixed RM", "Neurons", "Δ harmless", "Δ harmless, "
+                                "size-matched control", "Δ helpful", "Δ helpful, size-matched control",
+                                "Paper Δ harmless", "Paper Δ helpful"], md_rows)
+    return header, csv_rows, md
+
+
+def task_table(cfg, rows, tasks, group, field="delta", scale=100.0, digits=2):
+    """Per task of `group` at the headline configuration: the baseline and, per partition and control, Δ `field`
+    (mean ± std over seeds)."""
+    method, tau = headline(cfg)
+    picked = [r for r in rows if r["method"] == method and r["tau"] == tau and (group is None or r["group"] == group)]
+    names = list(dict.fromkeys(r["task"] for r in picked))
+    if not names:
+        return None
+    columns = (*PARTITIONS, *CONTROLS)
+    base_field = "base_accuracy" if field == "delta" else "base_reward"
+    header = ["task", "group", "items", "base_mean"] + [f"{c}_mean" for c in columns] + [f"{c}_std" for c in columns]
+    csv_rows, md_rows = [], []
+    for task in names:
+        mine = [r for r in picked if r["task"] == task]
+
+        def stats(partition, key):
+            return common.mean_std(r[key] for r in mine if r["partition"] == partition)
+
+        if field == "delta":
+            change = {c: stats(c, "delta") for c in columns}
+        else:
+            change = {c: common.mean_std(r["reward"] - r["base_reward"] for r in mine if r["partition"] == c)
+                      for c in columns}
+        base = stats("shared", base_field)
+        display = common.task_for(task, tasks).display
+        csv_rows.append([task, mine[0]["group"], mine[0]["items"], base[0]] + [change[c][0] for c in columns]
+                        + [change[c][1] for c in columns])
+        md_rows.append([display, mine[0]["items"], pm(base, digits, scale)]
+                       + [pm(change[c], digits, scale, True) for c in columns])
+    md = common.markdown_table(["Task", "Items", "Base" + (" %" if field == "delta" else " mean reward")]
+                               + [f"Δ {c}" for c in columns], md_rows)
+    return header, csv_rows, md
+
+
+def verdict(cfg, rows, tasks) -> str:
+    """One line: does shared ≫ objective-only survive the size-matched control? Per group, each partition's excess
+    Δ over its own control; 'yes' when the shared excess is negative and below both objective-only excesses."""
+    method, tau = headline(cfg)
+    parts = []
+    for g in GROUPS:
+        excess = {}
+        for p in PARTITIONS:
+            own, ctl = group_delta(rows, tasks, method, tau, p, g)[0], \
+                group_delta(rows, tasks, method, tau, f"random-{p}", g)[0]
+            excess[p] = own - ctl
+        raw = {p: group_delta(rows, tasks, method, tau, p, g)[0] for p in PARTITIONS}
+        if any(math.isnan(v) for v in (*excess.values(), *raw.values())):
+            parts.append(f"{g} tasks: no benchmark task")
+            continue
+        raw_holds = raw["shared"] < min(raw["helpful-only"], raw["harmless-only"])
+        survives = excess["shared"] < 0 and excess["shared"] < min(excess["helpful-only"], excess["harmless-only"])
+        parts.append(f"{g} tasks: raw {'yes' if raw_holds else 'no'}, beyond the control "
+                     f"{'yes' if survives else 'no'} (Δ − control: shared {100 * excess['shared']:+.2f}, helpful-only "
+                     f"{100 * excess['helpful-only']:+.2f}, harmless-only {100 * excess['harmless-only']:+.2f} pp)")
+    return (f"**Does shared ≫ objective-only survive the size-matched control on this run** ({method}, τ = {tau:g}, "
+            f"{len(cfg['seed'])} seed(s))? " + "; ".join(parts) + ".")
+
+
+def plot_layers(cfg, layer_rows, path):
+    method_list, (_, tau) = list(cfg["method"]), headline(cfg)
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, len(method_list), figsize=(max(6.5, 4.5 * len(method_list)), 3.8), squeeze=False)
+    colours = {"helpful-only": common.RM_COLORS["helpful"], "shared": "tab:olive",
+               "harmless-only": common.RM_COLORS["harmless"]}
+    for ax, method in zip(axes[0], method_list):
+        picked = [r for r in layer_rows if r["method"] == method and r["tau"] == tau]
+        layers = sorted({r["layer"] for r in picked})
+        bottom = [0.0] * len(layers)
+        for p in ("helpful-only", "shared", "harmless-only"):
+            heights = [statistics.fmean(r[p] for r in picked if r["layer"] == layer) for layer in layers]
+            ax.bar(layers, heights, bottom=bottom, color=colours[p], label=p, width=0.8)
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        ax.set_xlabel("layer")
+        ax.set_title(f"{method} (top {tau:g} %)")
+        if len(layers) <= 12:
+            ax.set_xticks(layers)
+    axes[0][0].set_ylabel("neurons (mean over seeds)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{cfg['model']}: the helpful ∪ harmless neurons per layer")
+    common.save_figure(fig, path)
+
+
+METHOD_COLORS = {"magnitude": "tab:green", "change": "tab:orange", "random": "tab:gray"}
+
+
+def plot_tau(cfg, curve_rows, path):
+    plt = common.pyplot()
+    paper = PAPER_OVERLAP.get(paper_backbone(cfg["model"]), {})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, measure in zip(axes, ("HA_over_H", "jaccard_HA")):
+        for method in cfg["method"]:
+            picked = [r for r in curve_rows if r["method"] == method and r["measure"] == measure]
+            taus = sorted({r["tau"] for r in picked})
+            stats = [common.mean_std(r["value"] for r in picked if r["tau"] == t) for t in taus]
+            mean = numpy.array([s[0] for s in stats])
+            std = numpy.array([s[1] for s in stats])
+            ax.plot(taus, mean, color=METHOD_COLORS[method], label=method)
+            ax.fill_between(taus, mean - std, mean + std, color=METHOD_COLORS[method], alpha=0.2, linewidth=0)
+        chance = {r["tau"]: r["chance"] for r in curve_rows if r["measure"] == measure}
+        ax.plot(sorted(chance), [chance[t] for t in sorted(chance)], "k--", label="chance")
+        if measure in paper:
+            ax.plot([10], [paper[measure]], "k*", markersize=10, label=f"paper ({paper_backbone(cfg['model'])})")
+        ax.set_xlabel("τ (% of all neurons)")
+        ax.set_ylabel(MEASURE_LABELS[measure])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(MEASURE_LABELS[measure])
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{cfg['model']}: helpful (H) vs harmless (A) top-τ neurons (± std over seeds)")
+    common.save_figure(fig, path)
+
+
+def write_results(cfg, results, tasks, out: Path):
+    overlap = [r for result in results.values() for r in result["overlap"]]
+    curve = [r for result in results.values() for r in result["curve"]]
+    layer_rows = [r for result in results.values() for r in result["layers"]]
+    rows = [r for result in results.values() for r in result["partitions"]]
+    seeds_shape = next(iter(results.values()))["shape"]
+    method, tau = headline(cfg)
+
+    def tau_cells(row, columns):
+        return [f"{row[c]:g}" if c == "tau" else row[c] for c in columns]
+
+    common.write_csv(out / "overlap.csv", OVERLAP_COLUMNS, [tau_cells(r, OVERLAP_COLUMNS) for r in overlap])
+    common.write_csv(out / "overlap_tau.csv", OVERLAP_COLUMNS, [tau_cells(r, OVERLAP_COLUMNS) for r in curve])
+    _, _, overlap_md = overlap_table(cfg, overlap)
+    common.write_text(out / "overlap.md", overlap_md)
+    layer_columns = ("seed", "method", "tau", "layer", *PARTITIONS)
+    common.write_csv(out / "layers_shared.csv", layer_columns, [tau_cells(r, layer_columns) for r in layer_rows])
+    common.write_csv(out / "partitions.csv", PARTITION_COLUMNS, [tau_cells(r, PARTITION_COLUMNS) for r in rows])
+    header, csv_rows, t4_md = table4(cfg, rows, tasks)
+    common.write_table(out / "table4", header, csv_rows, t4_md)
+    per_task = {}
+    for stem, group, field in (("tasks_harmless", "harmless", "delta"), ("tasks_helpful", "helpful", "delta"),
+                               ("table19_reward", None, "reward")):
+        table = task_table(cfg, rows, tasks, group, field, *((100.0, 2) if field == "delta" else (1.0, 4)))
+        per_task[stem] = table
+        if table is None:
+            common.remove_table(out / stem)
+        else:
+            common.write_table(out / stem, table[0], table[1], table[2])
+    plot_layers(cfg, layer_rows, out / "fig_layers_shared.png")
+    plot_tau(cfg, curve, out / "fig_overlap_tau.png")
+
+    n = math.prod(seeds_shape)
+    text = [
+        "## Shared neurons (§5, Table 4, Tables 17–19)\n",
+        f"H, A, M = top-τ % neurons (exact count of all {n} = {seeds_shape[0]} layers × {seeds_shape[1]} MLP "
+        f"neurons, site `{cfg['site']}`) of the helpful, harmless and mixed RMs; seeds {', '.join(map(str, cfg['seed']))}"
+        f"; {cfg['ablation']}-ablation in the mixed RM. Chance = exact expectation for independent uniform random sets "
+        "of the same sizes.\n",
+        "### Overlaps\n",
+        overlap_md,
+        "Each overlap beside its chance level; the paper's values (τ = 10, magnitude"
+        + (f", {paper_backbone(cfg['model'])}" if paper_backbone(cfg["model"]) else ", other backbones than this one")
+        + ") are in the last column — SmolLM2-135M 0.826 / 0.703 / 0.830 / 0.741, GPT-2 small 0.583 / 0.412 / 0.493 / "
+        "0.407, GPT-2 medium 0.562 / 0.391 / 0.472 / 0.428 for |H∩A|/|H|, J(H,A), J(M,H), J(M,A), the authors' "
+        "retention 0.549; chance at τ = 10 is 0.10 for |H∩A|/|H| and ≈ 0.053 for a Jaccard index.\n",
+        "![overlap against τ](shared/fig_overlap_tau.png)\n",
+        "The overlap of H and A for τ = 1…30 % (mean ± std over seeds), with the chance line; the star is the paper's "
+        "value at τ = 10 where this backbone is one of its own.\n",
+        "![per layer](shared/fig_layers_shared.png)\n",
+        f"Where the helpful-only, shared and harmless-only neurons sit, layer by layer ({method}, τ = {tau:g}; counts "
+        "in layers_shared.csv).\n",
+        "### Ablating each partition in the mixed RM (Table 4)\n",
+        t4_md,
+        "Δ accuracy in percentage points (paper rule; per seed the mean over the group's benchmark tasks, then mean ± "
+        "std over seeds) of each exact partition beside a random set of the same size; the paper (baseline 61.04 "
+        "harmless / 50.47 helpful; shared −10.00 / −4.40, harmless-only −1.18 / −0.76, helpful-only −0.00 / −0.83) has "
+        "no size-matched control.\n",
+        verdict(cfg, rows, tasks) + "\n",
+    ]
+    for stem, title, sentence in (
+            ("tasks_harmless", "Per task, harmlessness tasks (Tables 17–18)",
+             f"Δ accuracy per harmlessness task ({method}, τ = {tau:g}; pp, mean ± std over seeds)."),
+            ("tasks_helpful", "Per task, helpfulness tasks (Tables 17–18)",
+             f"Δ accuracy per helpfulness task ({method}, τ = {tau:g}; pp, mean ± std over seeds)."),
+            ("table19_reward", "Change of the mean reward (Table 19)",
+             f"Mean reward over all chosen and rejected responses of a task, ablated − not ablated ({method}, "
+             f"τ = {tau:g}); a shift the paper rule cannot see.")):
+        if per_task[stem] is not None:
+            text += [f"### {title}\n", per_task[stem][2], sentence + "\n"]
+    notes = [note for result in results.values() for note in result["notes"]]
+    if notes:
+        text.append("Notes: " + "; ".join(notes) + ".\n")
+    common.write_text(out / "report_section.md", "\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
