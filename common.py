@@ -1662,3 +1662,46 @@ def official_scores(by_subset: dict[str, Sequence[ItemScores]], tasks: dict[str,
         elif scorer == "rm-bench-3x3":
             rows += [(scorer, f"{subset} {level}", value) for level, value in rm_bench_accuracy(scores).items()]
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Ablation sweep: what ablate.py (and shared.py's partition ablations) need on top of sections 8–10
+# ---------------------------------------------------------------------------------------------
+
+
+class MemoTokenizer:
+    """A tokenizer that tokenises each distinct text once per max_length and hands back the same ids afterwards, so
+    that a sweep scoring the same items under K interventions tokenises them once, not K + 1 times. Only the call
+    `encode` makes (a list of texts, truncation=True, max_length=N) is remembered; anything else goes straight to
+    the wrapped tokenizer, and every attribute (pad_token_id, ...) is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.memo: dict[tuple[int | None, str], list[int]] = {}
+        self.calls = 0  # texts actually sent to the wrapped tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts, truncation=False, max_length=None, **kwargs):
+        if kwargs or not truncation or isinstance(texts, str):
+            return self.tokenizer(texts, truncation=truncation, max_length=max_length, **kwargs)
+        todo = [t for t in dict.fromkeys(texts) if (max_length, t) not in self.memo]
+        if todo:
+            ids = self.tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]
+            self.memo.update(((max_length, t), i) for t, i in zip(todo, ids))
+            self.calls += len(todo)
+        return {"input_ids": [self.memo[max_length, t] for t in texts]}
+
+
+def accuracy_rows(items: Sequence[Item], base: Sequence[ItemScores], ablated: Sequence[ItemScores],
+                  tasks: dict[str, Task]) -> list[dict]:
+    """Per task (subset, first-seen order): {task, group, items, accuracy, base_accuracy, delta} under the paper rule,
+    accuracies as fractions; `base` and `ablated` are the scores of `items` in order."""
+    rows = []
+    for subset, pairs in group_by_subset(items, list(zip(base, ablated))).items():
+        before = paper_accuracy([b for b, _ in pairs])
+        after = paper_accuracy([a for _, a in pairs])
+        rows.append({"task": subset, "group": task_for(subset, tasks).objective or "", "items": len(pairs),
+                     "accuracy": after, "base_accuracy": before, "delta": after - before})
+    return rows

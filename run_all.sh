@@ -84,12 +84,16 @@ DATA_ARGS=${DATA_ARGS---data-dir data/demo/hh-rlhf --max-length 256}
 # lr 1e-3: the tiny random demo backbones learn nothing in ~60 steps at the paper's 1e-4.
 TRAIN_ARGS=${TRAIN_ARGS---lr 1e-3}
 BENCH_ARGS=${BENCH_ARGS---bench demo}
-echo "== 1/4 train: $MODEL =="
+# The τ sweep of the ablation step (SPEC §1 "Ablation": run_all.sh uses {2, 5, 10, 20, 30, 100}).
+ABLATE_ARGS=${ABLATE_ARGS---tau 2 --tau 5 --tau 10 --tau 20 --tau 30 --tau 100}
+echo "== 1/5 train: $MODEL =="
 "$PY" experiments/train.py --model "$MODEL" $DATA_ARGS $TRAIN_ARGS
-echo "== 2/4 behaviour =="
+echo "== 2/5 behaviour =="
 "$PY" experiments/behaviour.py --model "$MODEL" $BENCH_ARGS
-echo "== 3/4 neurons =="
+echo "== 3/5 neurons =="
 "$PY" experiments/neurons.py --model "$MODEL" $DATA_ARGS
-echo "== 4/4 shared =="
+echo "== 4/5 ablate =="
+"$PY" experiments/ablate.py --model "$MODEL" $DATA_ARGS $ABLATE_ARGS $BENCH_ARGS
+echo "== 5/5 shared =="
 "$PY" experiments/shared.py --model "$MODEL" $DATA_ARGS $BENCH_ARGS
 echo "== done: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="

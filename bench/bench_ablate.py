@@ -1,0 +1,134 @@
+"""Cost of ablation in the scoring loop, measured side by side in one run:
+
+1. ablated vs plain scoring of the same texts in the same batches (common.score_texts with and without
+   common.ablation_hooks at τ = 10 %): tokens per second and their ratio (target: within 5 %);
+2. a sweep of K ablation configurations as ablate.py runs it (one loaded model, texts tokenised once through
+   common.MemoTokenizer, per-configuration score caches) vs K plain evaluations of the same items.
+
+    python bench/bench_ablate.py
+    python bench/bench_ablate.py --threads 1 --configs 6
+    python bench/bench_ablate.py --model /path/to/runs/gpt2-medium/harmless/seed0/rm --device cuda --max-items 200
+
+Prints one table of seconds, tokens per second and ratios; checks that an empty neuron set gives the plain scores.
+"""
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+import torch
+
+import common
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--model", default="tiny-gpt2",
+              help="A saved RM or local model dir, or a backbone name / hub id given a fresh reward head.")
+@click.option("--items", "item_paths", multiple=True, default=("demo",),
+              help="--bench sources (demo, or .jsonl files / folders in the SPEC §1 item format); repeatable.")
+@click.option("--max-items", type=click.IntRange(min=1), default=None, help="At most N items per task (seeded).")
+@click.option("--site", type=click.Choice(common.NEURON_SITES), default="act", help="Neuron site.")
+@click.option("--tau", type=float, default=10.0, help="Percent of neurons ablated in part 1.")
+@click.option("--configs", type=click.IntRange(min=1), default=4, help="K: ablation configurations in part 2.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Transcripts per forward pass.")
+@click.option("--max-length", type=click.IntRange(min=8), default=256, help="Tokens per transcript (end kept).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3,
+              help="Rounds of part 1, interleaved; each loop's best round counts (others share the CPU).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: its default).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", help="Autocast dtype.")
+def main(**cfg):
+    device = common.resolve_device(cfg["device"])
+    dtype = common.resolve_dtype(cfg["dtype"], device)
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+
+    # load
+    items = common.cap_items(common.load_benchmarks(cfg["item_paths"], common.load_tasks()).items, cfg["max_items"])
+    if (Path(cfg["model"]) / "config.json").exists():
+        model, tokenizer = common.load_reward_model(cfg["model"], device)
+    else:
+        model, tokenizer = common.new_reward_model(cfg["model"], 0)
+        model = model.to(device).eval()
+    max_length = min(cfg["max_length"], common.context_length(model))
+    texts = list(dict.fromkeys(t for item in items for t in item.texts()))
+    tokens = sum(len(ids) for ids in common.encode(tokenizer, texts, max_length))
+    shape = common.mlp_shape(model)
+
+    def mask(seed):
+        return common.select_top(torch.rand(shape, generator=torch.Generator().manual_seed(seed)), cfg["tau"])
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        sync()
+        start = time.perf_counter()
+        value = fn()
+        sync()
+        return time.perf_counter() - start, value
+
+    # part 1: the same texts, the same batches, with and without hooks
+    def plain():
+        return common.score_texts(model, tokenizer, texts, cfg["batch_size"], max_length, device, dtype, desc="plain")
+
+    def ablated():
+        return common.score_texts(model, tokenizer, texts, cfg["batch_size"], max_length, device, dtype,
+                                  desc="ablated", hooks=common.ablation_hooks(model, cfg["site"], mask(0)))
+
+    empty = torch.zeros(shape, dtype=torch.bool)
+    reference = plain()  # also the warm-up
+    same = common.score_texts(model, tokenizer, texts, cfg["batch_size"], max_length, device, dtype, desc="empty",
+                              hooks=common.ablation_hooks(model, cfg["site"], empty))
+    if same != reference:
+        raise click.ClickException("an empty neuron set changed the scores")
+    best = {}
+    for _ in range(cfg["repeats"]):
+        for name, fn in (("plain", plain), ("ablated", ablated)):
+            seconds, _ = timed(fn)
+            best[name] = min(best.get(name, seconds), seconds)
+
+    # part 2: K configurations as ablate.py sweeps them vs K plain evaluations of the same items
+    k = cfg["configs"]
+
+    def k_plain():
+        for _ in range(k):
+            common.score_items(model, tokenizer, items, None, cfg["batch_size"], max_length, device, dtype,
+                               desc="plain")
+
+    def sweep():
+        memo = common.MemoTokenizer(tokenizer)
+        with tempfile.TemporaryDirectory() as tmp:
+            for config in range(k):
+                selected = mask(config)
+                common.score_items(model, memo, items, Path(tmp) / str(config), cfg["batch_size"], max_length,
+                                   device, dtype, fingerprint="bench", desc=f"config {config}",
+                                   hooks=common.ablation_hooks(model, cfg["site"], selected),
+                                   intervention=common.intervention(cfg["site"], "zero", selected))
+
+    plain_k, _ = timed(k_plain)
+    sweep_k, _ = timed(sweep)
+
+    # report
+    click.echo(f"{len(items)} items, {len(texts)} distinct texts, {tokens} tokens; model {cfg['model']} "
+               f"({shape[0]} layers × {shape[1]} neurons) on {device} ({dtype}, {torch.get_num_threads()} threads); "
+               f"batch {cfg['batch_size']}, max length {max_length}; site {cfg['site']}")
+    rows = [
+        ["plain scoring (best of %d)" % cfg["repeats"], f"{best['plain']:.3f}", f"{tokens / best['plain']:.0f}", "1.000"],
+        [f"ablated, τ = {cfg['tau']:g} % (best of {cfg['repeats']})", f"{best['ablated']:.3f}",
+         f"{tokens / best['ablated']:.0f}", f"{best['ablated'] / best['plain']:.3f}"],
+        [f"{k} plain evaluations", f"{plain_k:.3f}", f"{k * tokens / plain_k:.0f}", "1.000"],
+        [f"sweep of {k} ablated configurations", f"{sweep_k:.3f}", f"{k * tokens / sweep_k:.0f}",
+         f"{sweep_k / plain_k:.3f}"],
+    ]
+    click.echo(common.markdown_table(["what", "seconds", "tokens/s", "time ratio"], rows))
+    click.echo(f"ablated / plain scoring: {100 * (best['ablated'] / best['plain'] - 1):+.1f} % time (target: "
+               f"within 5 %); sweep of {k} / {k} plain evaluations: {sweep_k / plain_k:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
