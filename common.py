@@ -11,6 +11,7 @@
 9. MLP hooks at a neuron site, and ablation on top of them.
 10. Neuron scores: the streaming scoring pass, the .h5 files, their reader and top-τ selection.
 11. Benchmarks: item format, task map, loaders, the paper rule and the official scorers.
+12. Ablation sweep: memoised tokenising and the per-task accuracy rows of an ablation.
 """
 from __future__ import annotations
 
@@ -405,14 +406,19 @@ def options(*decorators):
     return apply
 
 
+model_option = click.option(
+    "--model", default="tiny-gpt2",
+    help="Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json.")
+seed_option = click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s) of the RMs; repeatable.")
+runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
+                               help="Where RMs, their score caches and neuron files live.")
+# shared.py compares all three RM types, so it takes these without --objective
+backbone_options = options(model_option, seed_option, runs_dir_option)
 rm_options = options(
-    click.option("--model", default="tiny-gpt2",
-                 help="Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json."),
+    model_option,
     click.option("--objective", type=click.Choice(OBJECTIVES), multiple=True, default=OBJECTIVES,
                  help="RM objective(s); repeatable."),
-    click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s) of the RMs; repeatable."),
-    click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
-                 help="Where RMs, their score caches and neuron files live."),
+    seed_option, runs_dir_option,
 )
 results_option = click.option("--results-dir", type=click.Path(file_okay=False), default="results",
                               help="Where tables, figures and report.md go.")
@@ -446,6 +452,7 @@ max_items_option = click.option(
     help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a CPU). "
          "Default: every item.")
 NEURON_METHODS = ("magnitude", "change", "random")
+ABLATIONS = ("zero", "mean")
 neuron_options = options(
     click.option("--site", type=click.Choice(NEURON_SITES), default="act",
                  help="Neuron site. act: the MLP activation output (the paper's); down_in: the down projection's "
@@ -465,6 +472,39 @@ def tau_option(multiple: bool, default=(10.0,)):
                         default=default if multiple else default[0],
                         help="Percent of ALL MLP neurons selected (top τ %, exact count)"
                              + ("; repeatable." if multiple else "."))
+
+
+def ablation_step_options(methods):
+    """What the two ablation steps (ablate.py, shared.py) take besides the RMs, in one place."""
+    return options(
+        results_option, hh_data_options, method_option(default=methods), neuron_options, tau_option(multiple=True),
+        bench_option, max_items_option, compute_options,
+        click.option("--ablation", type=click.Choice(ABLATIONS), default="zero",
+                     help="zero: set the selected neurons to 0 (the paper's); mean: to each neuron's mean activation "
+                          "over the RM's training pairs (from its .h5)."),
+    )
+
+
+def headline(cfg: dict) -> tuple[str, float]:
+    """The configuration the ablation steps' per-task tables and figures show: magnitude at τ = 10 (the paper's),
+    else the first method / τ asked for."""
+    method = "magnitude" if "magnitude" in cfg["method"] else cfg["method"][0]
+    tau = 10.0 if 10.0 in cfg["tau"] else cfg["tau"][0]
+    return method, tau
+
+
+def start_analysis(cfg: dict) -> tuple[torch.device, torch.dtype]:
+    """The first lines of every analysis step: a bad --model fails before any work, the kernel backend is set,
+    repeated --tau / --method values count once, and the device and compute dtype are resolved."""
+    import rmt_kernels
+
+    check_model(cfg["model"])
+    rmt_kernels.set_backend(cfg["backend"])
+    for name in ("tau", "method"):
+        if isinstance(cfg.get(name), tuple):
+            cfg[name] = tuple(dict.fromkeys(cfg[name]))
+    device = resolve_device(cfg["device"])
+    return device, resolve_dtype(cfg["dtype"], device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -985,9 +1025,6 @@ def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor |
     finally:
         for handle in handles:
             handle.remove()
-
-
-ABLATIONS = ("zero", "mean")
 
 
 def intervention(site: str, ablation: str, selected: torch.Tensor, values: torch.Tensor | None = None) -> dict:

@@ -2,7 +2,7 @@
 # The two commands of the README:
 #   bash run_all.sh         set up (first time), then the whole pipeline on the embedded offline demo
 #   bash run_all.sh test    set up (first time), then the test suite
-# Another backbone or data:  MODEL=smollm2-135m-instruct-q4 TRAIN_ARGS="" \
+# Another backbone or data:  MODEL=smollm2-135m-instruct-q4 TRAIN_ARGS="" COMMON_ARGS="" \
 #     DATA_ARGS="--data-dir ../shared/data/hh-rlhf --train-split test --max-pairs 600" bash run_all.sh
 # Every step skips what is already done, so an interrupted run continues where it stopped.
 set -euo pipefail
@@ -79,21 +79,23 @@ if [ "${1:-}" = "test" ]; then
 fi
 
 MODEL=${MODEL:-tiny-gpt2}
-# Data options shared by train.py and neurons.py (neurons score each RM's own training pairs).
-DATA_ARGS=${DATA_ARGS---data-dir data/demo/hh-rlhf --max-length 256}
+# Options every step takes alike: one --max-length for all, so the score caches of behaviour and ablate agree.
+COMMON_ARGS=${COMMON_ARGS---max-length 256}
+# Data options of the steps that read HH-RLHF (train, neurons, ablate, shared).
+DATA_ARGS=${DATA_ARGS---data-dir data/demo/hh-rlhf}
 # lr 1e-3: the tiny random demo backbones learn nothing in ~60 steps at the paper's 1e-4.
 TRAIN_ARGS=${TRAIN_ARGS---lr 1e-3}
 BENCH_ARGS=${BENCH_ARGS---bench demo}
 # The τ sweep of the ablation step (SPEC §1 "Ablation": run_all.sh uses {2, 5, 10, 20, 30, 100}).
 ABLATE_ARGS=${ABLATE_ARGS---tau 2 --tau 5 --tau 10 --tau 20 --tau 30 --tau 100}
 echo "== 1/5 train: $MODEL =="
-"$PY" experiments/train.py --model "$MODEL" $DATA_ARGS $TRAIN_ARGS
+"$PY" experiments/train.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS
 echo "== 2/5 behaviour =="
-"$PY" experiments/behaviour.py --model "$MODEL" $BENCH_ARGS
+"$PY" experiments/behaviour.py --model "$MODEL" $COMMON_ARGS $BENCH_ARGS
 echo "== 3/5 neurons =="
-"$PY" experiments/neurons.py --model "$MODEL" $DATA_ARGS
+"$PY" experiments/neurons.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS
 echo "== 4/5 ablate =="
-"$PY" experiments/ablate.py --model "$MODEL" $DATA_ARGS $ABLATE_ARGS $BENCH_ARGS
+"$PY" experiments/ablate.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS $ABLATE_ARGS $BENCH_ARGS
 echo "== 5/5 shared =="
-"$PY" experiments/shared.py --model "$MODEL" $DATA_ARGS $BENCH_ARGS
+"$PY" experiments/shared.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS
 echo "== done: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="

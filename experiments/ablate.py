@@ -55,25 +55,10 @@ PAPER = {("harmless", "harmless"): (70.82, -12.89), ("harmless", "helpful"): (43
 
 @click.command(context_settings={"show_default": True})
 @common.rm_options
-@common.results_option
-@common.hh_data_options
-@common.method_option(default=("magnitude", "change", "random"))
-@common.neuron_options
-@common.tau_option(multiple=True)
-@common.bench_option
-@common.max_items_option
-@common.compute_options
-@click.option("--ablation", type=click.Choice(common.ABLATIONS), default="zero",
-              help="zero: set the selected neurons to 0 (the paper's); mean: to each neuron's mean activation over "
-                   "the RM's training pairs (from its .h5).")
+@common.ablation_step_options(methods=common.NEURON_METHODS)
 @click.option("--force", is_flag=True, help="Rescore the ablated RMs even where cached ablated scores exist.")
 def main(**cfg):
-    common.check_model(cfg["model"])
-    rk.set_backend(cfg["backend"])
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
-    cfg["tau"] = tuple(dict.fromkeys(cfg["tau"]))
-    cfg["method"] = tuple(dict.fromkeys(cfg["method"]))
+    device, dtype = common.start_analysis(cfg)
     runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any scoring
     out = common.step_dir(cfg["results_dir"], cfg["model"], "ablate")
 
@@ -94,7 +79,7 @@ def main(**cfg):
             for row in common.accuracy_rows(result["items"], result["base"], scores, tasks)]
     common.write_csv(out / "sweep.csv", SWEEP_COLUMNS,
                      [[f"{row[c]:g}" if c == "tau" else row[c] for c in SWEEP_COLUMNS] for row in rows])
-    method, tau = headline(cfg)
+    method, tau = common.headline(cfg)
     objectives = [o for o in cfg["objective"] if any(key[0] == o for key in runs)]
     tables = {}
     for stem, group, title in TABLES:
@@ -121,13 +106,6 @@ def main(**cfg):
     report = common.write_report(cfg["results_dir"], cfg["model"])
     click.echo(f"ablation sweep of {len(runs)} RMs × {len(cfg['method'])} methods × {len(cfg['tau'])} τ → {out}; "
                f"report: {report}")
-
-
-def headline(cfg) -> tuple[str, float]:
-    """The configuration of Tables 2–3 and Fig. 7: magnitude at τ = 10 (the paper's), else the first asked for."""
-    method = "magnitude" if "magnitude" in cfg["method"] else cfg["method"][0]
-    tau = 10.0 if 10.0 in cfg["tau"] else cfg["tau"][0]
-    return method, tau
 
 
 # ---------------------------------------------------------------------------------------------

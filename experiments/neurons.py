@@ -53,10 +53,7 @@ THIRDS = ("early", "middle", "late")
 @common.compute_options
 @click.option("--force", is_flag=True, help="Rescore even if up-to-date .h5 files exist.")
 def main(**cfg):
-    common.check_model(cfg["model"])
-    rk.set_backend(cfg["backend"])
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
+    device, dtype = common.start_analysis(cfg)
     runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any scoring
     out = common.step_dir(cfg["results_dir"], cfg["model"], "neurons")
     out = out if cfg["site"] == "act" else out / cfg["site"]

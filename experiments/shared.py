@@ -9,7 +9,7 @@ Table 4, Tables 17–19).
     python experiments/shared.py --model gpt2-medium --seed 0 --seed 1 --seed 2
 
 Needs the helpful, harmless and mixed RMs of every --seed (a missing one is named with its train.py command), so
---objective must name all three (its default). Per seed, H, A and M are the top-τ % neurons (exact count, global
+it has no --objective. Per seed, H, A and M are the top-τ % neurons (exact count, global
 over layers) of the helpful, harmless and mixed RMs by --method (runs/.../neurons/<method>.h5; made with
 neurons.py's pass when missing).
 
@@ -81,29 +81,11 @@ PAPER_TABLE4 = {"baseline": (61.04, 50.47), "shared": (-10.00, -4.40), "harmless
 
 
 @click.command(context_settings={"show_default": True})
-@common.rm_options
-@common.results_option
-@common.hh_data_options
-@common.method_option(default=("magnitude",))
-@common.neuron_options
-@common.tau_option(multiple=True)
-@common.bench_option
-@common.max_items_option
-@common.compute_options
-@click.option("--ablation", type=click.Choice(common.ABLATIONS), default="zero",
-              help="zero: set the partition's neurons to 0 (the paper's); mean: to each neuron's mean activation "
-                   "over the mixed RM's training pairs (from its .h5).")
+@common.backbone_options
+@common.ablation_step_options(methods=("magnitude",))
 @click.option("--force", is_flag=True, help="Rescore the partition ablations even where cached scores exist.")
 def main(**cfg):
-    common.check_model(cfg["model"])
-    if set(cfg["objective"]) != set(common.OBJECTIVES):
-        raise click.UsageError("shared.py compares the helpful, harmless and mixed RMs: --objective must name all "
-                               "three (the default)")
-    rk.set_backend(cfg["backend"])
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
-    cfg["tau"] = tuple(dict.fromkeys(cfg["tau"]))
-    cfg["method"] = tuple(dict.fromkeys(cfg["method"]))
+    device, dtype = common.start_analysis(cfg)
     runs = common.require_runs(cfg["runs_dir"], cfg["model"], common.OBJECTIVES, cfg["seed"])  # before any work
     out = common.step_dir(cfg["results_dir"], cfg["model"], "shared")
 
@@ -131,13 +113,6 @@ def main(**cfg):
     report = common.write_report(cfg["results_dir"], cfg["model"])
     click.echo(f"shared neurons of {len(cfg['seed'])} seed(s) × {len(cfg['method'])} method(s) × {len(cfg['tau'])} "
                f"τ → {out}; report: {report}")
-
-
-def headline(cfg) -> tuple[str, float]:
-    """The configuration of the figures and per-task tables: magnitude at τ = 10 (the paper's), else the first."""
-    method = "magnitude" if "magnitude" in cfg["method"] else cfg["method"][0]
-    tau = 10.0 if 10.0 in cfg["tau"] else cfg["tau"][0]
-    return method, tau
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +377,7 @@ def table4(cfg, rows, tasks):
 def task_table(cfg, rows, tasks, group, field="delta", scale=100.0, digits=2):
     """Per task of `group` at the headline configuration: the baseline and, per partition and control, Δ `field`
     (mean ± std over seeds)."""
-    method, tau = headline(cfg)
+    method, tau = common.headline(cfg)
     picked = [r for r in rows if r["method"] == method and r["tau"] == tau and (group is None or r["group"] == group)]
     names = list(dict.fromkeys(r["task"] for r in picked))
     if not names:
@@ -436,7 +411,7 @@ def task_table(cfg, rows, tasks, group, field="delta", scale=100.0, digits=2):
 def verdict(cfg, rows, tasks) -> str:
     """One line: does shared ≫ objective-only survive the size-matched control? Per group, each partition's excess
     Δ over its own control; 'yes' when the shared excess is negative and below both objective-only excesses."""
-    method, tau = headline(cfg)
+    method, tau = common.headline(cfg)
     parts = []
     for g in GROUPS:
         excess = {}
@@ -458,7 +433,7 @@ def verdict(cfg, rows, tasks) -> str:
 
 
 def plot_layers(cfg, layer_rows, path):
-    method_list, (_, tau) = list(cfg["method"]), headline(cfg)
+    method_list, (_, tau) = list(cfg["method"]), common.headline(cfg)
     plt = common.pyplot()
     fig, axes = plt.subplots(1, len(method_list), figsize=(max(6.5, 4.5 * len(method_list)), 3.8), squeeze=False)
     colours = {"helpful-only": common.RM_COLORS["helpful"], "shared": "tab:olive",
@@ -516,7 +491,7 @@ def write_results(cfg, results, tasks, out: Path):
     layer_rows = [r for result in results.values() for r in result["layers"]]
     rows = [r for result in results.values() for r in result["partitions"]]
     seeds_shape = next(iter(results.values()))["shape"]
-    method, tau = headline(cfg)
+    method, tau = common.headline(cfg)
 
     def tau_cells(row, columns):
         return [f"{row[c]:g}" if c == "tau" else row[c] for c in columns]
