@@ -16,17 +16,7 @@ RMT_REQUIRE_EXT=1 python3 setup.py -q build_ext --inplace 2>&1 | tail -n 20 | te
 python3 -c "import rmt_kernels as rk; print('backend', rk.backend()); assert rk.backend() == 'ext-cuda'"
 
 echo "== kernel tests =="
-python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -k "not test_extension_checks_its_own_arguments" 2>&1 \
-  | tee "$OUT/test_kernels.txt" | tail -n 3
-# These call the C++ entry point directly with bad arguments; on the first GPU run one of them crashed the
-# process inside pytest (not when run alone), so they run in their own process, under a debugger if there is one.
-checks=(python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider -k test_extension_checks_its_own_arguments)
-if command -v cuda-gdb >/dev/null; then
-  cuda-gdb -batch -ex run -ex bt --args "${checks[@]}" > "$OUT/test_kernel_checks.txt" 2>&1 || true
-else
-  "${checks[@]}" > "$OUT/test_kernel_checks.txt" 2>&1 || true
-fi
-grep -E "passed|failed|SIGSEGV|^#[0-9]" "$OUT/test_kernel_checks.txt" | head -n 30
+python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider 2>&1 | tee "$OUT/test_kernels.txt" | tail -n 3
 
 echo "== random-weight models of real shapes =="
 python3 - <<'EOF'
@@ -45,7 +35,7 @@ EOF
 
 echo "== benches =="
 python3 bench/bench_accumulate.py --device cuda --batch 16 --seq 512 --d 1536 2>&1 | tee "$OUT/bench_accumulate.txt"
-for m in /tmp/gpt2-small-shape /tmp/smollm2-135m-shape; do
+for m in ${MODELS:-/tmp/gpt2-small-shape /tmp/smollm2-135m-shape}; do
   python3 bench/bench_neurons.py --model "$m" --device cuda --data-dir data/demo/hh-rlhf --pairs 128 \
     --naive-pairs 32 --memory-pairs 32 --reps 3 2>&1 | tee "$OUT/bench_neurons_$(basename $m).txt" | tail -n 9
   python3 bench/bench_score.py --model "$m" --device cuda --items data/demo/bench --max-items 400 \

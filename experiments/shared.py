@@ -410,7 +410,9 @@ def task_table(cfg, rows, tasks, group, field="delta", scale=100.0, digits=2):
 
 def verdict(cfg, rows, tasks) -> str:
     """One line: does shared ≫ objective-only survive the size-matched control? Per group, each partition's excess
-    Δ over its own control; 'yes' when the shared excess is negative and below both objective-only excesses."""
+    Δ over its own control; 'yes' only when the shared excess is below 0 and below both objective-only excesses by
+    more than the sampling noise of a group accuracy (2 binomial standard errors at p = 1/2 over the group's
+    items, per seed), so a one-item difference on a small sample is not read as an effect."""
     method, tau = common.headline(cfg)
     parts = []
     for g in GROUPS:
@@ -423,11 +425,16 @@ def verdict(cfg, rows, tasks) -> str:
         if any(math.isnan(v) for v in (*excess.values(), *raw.values())):
             parts.append(f"{g} tasks: no benchmark task")
             continue
-        raw_holds = raw["shared"] < min(raw["helpful-only"], raw["harmless-only"])
-        survives = excess["shared"] < 0 and excess["shared"] < min(excess["helpful-only"], excess["harmless-only"])
+        items = sum(r["items"] for r in rows if (r["method"], r["tau"], r["partition"], r["group"], r["seed"])
+                    == (method, tau, "shared", g, cfg["seed"][0]) and not is_held_out(r["task"], tasks))
+        noise = 2 * math.sqrt(0.25 / items)
+        margin = min(excess["helpful-only"], excess["harmless-only"]) - excess["shared"]
+        raw_holds = min(raw["helpful-only"], raw["harmless-only"]) - raw["shared"] > noise
+        survives = -excess["shared"] > noise and margin > noise
         parts.append(f"{g} tasks: raw {'yes' if raw_holds else 'no'}, beyond the control "
                      f"{'yes' if survives else 'no'} (Δ − control: shared {100 * excess['shared']:+.2f}, helpful-only "
-                     f"{100 * excess['helpful-only']:+.2f}, harmless-only {100 * excess['harmless-only']:+.2f} pp)")
+                     f"{100 * excess['helpful-only']:+.2f}, harmless-only {100 * excess['harmless-only']:+.2f} pp; "
+                     f"noise ±{100 * noise:.1f} pp over {items} items)")
     return (f"**Does shared ≫ objective-only survive the size-matched control on this run** ({method}, τ = {tau:g}, "
             f"{len(cfg['seed'])} seed(s))? " + "; ".join(parts) + ".")
 

@@ -34,6 +34,17 @@ std::string dtype_name(at::ScalarType t) {
   }
 }
 
+// Error messages format numbers, shapes and devices into strings here, never through std::ostream's integer
+// insertion: on one GPU machine's toolchain (g++ 13.3 / nvcc 13.0 building against torch 2.11) that call crashed
+// inside TORCH_CHECK's message formatting, turning a bad argument into a segfault instead of a Python error.
+std::string num(int64_t x) { return std::to_string(x); }
+
+std::string dims(at::IntArrayRef a) {
+  std::string out = "[";
+  for (size_t i = 0; i < a.size(); ++i) out += (i ? ", " : "") + num(a[i]);
+  return out + "]";
+}
+
 void check_tensor(const at::Tensor& t, const char* name, std::initializer_list<at::ScalarType> dtypes,
                   at::IntArrayRef shape, const at::Device& device) {
   if (std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) == dtypes.end()) {
@@ -41,21 +52,22 @@ void check_tensor(const at::Tensor& t, const char* name, std::initializer_list<a
     for (auto d : dtypes) expected += (expected.empty() ? "" : " or ") + dtype_name(d);
     TORCH_CHECK_TYPE(false, name, " must have dtype ", expected, ", got ", dtype_name(t.scalar_type()));
   }
-  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
-  TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, " like acts, got ", t.device());
-  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous, got strides ", t.strides(),
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", dims(shape), ", got ", dims(t.sizes()));
+  TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device.str(), " like acts, got ", t.device().str());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous, got strides ", dims(t.strides()),
                     "; pass t.contiguous()");
 }
 
 void check_acts(const at::Tensor& acts, const char* name) {
-  TORCH_CHECK_VALUE(acts.dim() == 3, name, " must be 3-D [batch, seq, d], got shape ", acts.sizes());
+  TORCH_CHECK_VALUE(acts.dim() == 3, name, " must be 3-D [batch, seq, d], got shape ", dims(acts.sizes()));
   check_tensor(acts, name, {at::kFloat, at::kBFloat16, at::kHalf}, acts.sizes(), acts.device());
-  TORCH_CHECK_VALUE(acts.is_cpu() || acts.is_cuda(), name, " must be on a CPU or CUDA device, got ", acts.device());
+  TORCH_CHECK_VALUE(acts.is_cpu() || acts.is_cuda(), name, " must be on a CPU or CUDA device, got ",
+                    acts.device().str());
 }
 
 void check_tokens(const at::Tensor& tokens, const at::Device& device) {
   TORCH_CHECK_VALUE(tokens.dim() <= 1 && tokens.numel() == 1, "tokens must be a 0-dim or [1] tensor, got shape ",
-                    tokens.sizes());
+                    dims(tokens.sizes()));
   check_tensor(tokens, "tokens", {at::kLong}, tokens.sizes(), device);
 }
 
@@ -254,13 +266,13 @@ void accumulate_sq_diff(const at::Tensor& acts_a, const at::Tensor& acts_b, cons
 
 // The k highest scores, ties broken by lower flat index; k is computed (and documented) in ops.py.
 std::tuple<at::Tensor, double> top_tau(const at::Tensor& scores, int64_t k) {
-  TORCH_CHECK_VALUE(scores.dim() == 2, "scores must be 2-D [layers, d], got shape ", scores.sizes());
+  TORCH_CHECK_VALUE(scores.dim() == 2, "scores must be 2-D [layers, d], got shape ", dims(scores.sizes()));
   TORCH_CHECK_TYPE(at::isFloatingType(scores.scalar_type()), "scores must have a floating dtype, got ",
                    dtype_name(scores.scalar_type()));
-  TORCH_CHECK_VALUE(scores.is_cpu(), "the C++ top_tau runs on CPU only, got scores on ", scores.device());
-  TORCH_CHECK_VALUE(scores.is_contiguous(), "scores must be contiguous, got strides ", scores.strides());
+  TORCH_CHECK_VALUE(scores.is_cpu(), "the C++ top_tau runs on CPU only, got scores on ", scores.device().str());
+  TORCH_CHECK_VALUE(scores.is_contiguous(), "scores must be contiguous, got strides ", dims(scores.strides()));
   const int64_t n = scores.numel(), d = scores.size(1);
-  TORCH_CHECK_VALUE(k >= 0 && k <= n, "k must be in [0, ", n, "], got ", k);
+  TORCH_CHECK_VALUE(k >= 0 && k <= n, "k must be in [0, ", num(n), "], got ", num(k));
 
   std::vector<double> v(n);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "top_tau", [&] {
@@ -268,8 +280,8 @@ std::tuple<at::Tensor, double> top_tau(const at::Tensor& scores, int64_t k) {
     for (int64_t i = 0; i < n; ++i) v[i] = static_cast<double>(s[i]);
   });
   const auto nan = std::find_if(v.begin(), v.end(), [](double x) { return std::isnan(x); });
-  TORCH_CHECK_VALUE(nan == v.end(), "scores contain NaN (first at layer ", (nan - v.begin()) / d, ", unit ",
-                    (nan - v.begin()) % d, "); fix the scoring run before selecting neurons");
+  TORCH_CHECK_VALUE(nan == v.end(), "scores contain NaN (first at layer ", num((nan - v.begin()) / d), ", unit ",
+                    num((nan - v.begin()) % d), "); fix the scoring run before selecting neurons");
 
   auto indices = at::empty({k, 2}, at::kLong);
   if (k == 0) return {indices, std::numeric_limits<double>::infinity()};

@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <limits>
+#include <string>
 
 namespace rmt {
 namespace {
@@ -94,9 +95,12 @@ __global__ void __launch_bounds__(kThreads)
 dim3 make_grid(int64_t batch, int64_t seq, int64_t d, int64_t* chunks) {
   *chunks = (seq + kRowsPerBlock - 1) / kRowsPerBlock;
   const int64_t row_blocks = batch * *chunks, col_blocks = (d + kThreads - 1) / kThreads;
-  TORCH_CHECK_VALUE(row_blocks <= std::numeric_limits<int32_t>::max(), "batch * ceil(seq / ", kRowsPerBlock,
-                    ") must fit in 2^31 - 1 CUDA blocks, got ", row_blocks);
-  TORCH_CHECK_VALUE(col_blocks <= 65535, "d must be at most ", 65535LL * kThreads, " for the CUDA kernel, got ", d);
+  // Numbers go in as strings, as in accumulate.cpp's checks (see the note there).
+  TORCH_CHECK_VALUE(row_blocks <= std::numeric_limits<int32_t>::max(), "batch * ceil(seq / ",
+                    std::to_string(kRowsPerBlock), ") must fit in 2^31 - 1 CUDA blocks, got ",
+                    std::to_string(row_blocks));
+  TORCH_CHECK_VALUE(col_blocks <= 65535, "d must be at most ", std::to_string(65535LL * kThreads),
+                    " for the CUDA kernel, got ", std::to_string(d));
   return dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(col_blocks));
 }
 
