@@ -520,12 +520,19 @@ def check_model(name: str) -> None:
 def from_the_hub(what: str, offline_hint: str):
     """Turn a failed hub download (no network, no such repo) into one line naming what was fetched and the local
     alternative, instead of a long traceback."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")  # its retry warnings would bury the one line below
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
     try:
         yield
     except (OSError, ConnectionError, ValueError, RuntimeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise click.ClickException(f"could not fetch {what} from the Hugging Face hub ({type(err).__name__}: "
                                    f"{first}). Offline? {offline_hint}") from None
+    finally:
+        hub_logger.setLevel(level)
 
 
 def model_slug(name: str) -> str:
