@@ -9,19 +9,25 @@
     python bench/bench_ablate.py --threads 1 --configs 6
     python bench/bench_ablate.py --model /path/to/runs/gpt2-medium/harmless/seed0/rm --device cuda --max-items 200
 
-Prints one table of seconds, tokens per second and ratios; checks that an empty neuron set gives the plain scores.
+3. held-out HH-RLHF pairs through train.py's shared-prefix forward (their dialogue once) vs two full forwards in
+   length-sorted batches, as score_items (and so the sweep) scores them.
+
+Prints one table of seconds, tokens per second (real tokens of the full texts, the same numerator for both pair
+rows) and ratios; checks that an empty neuron set gives the plain scores.
 """
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 
 import click
 import torch
 
 import common
+import train
 
 
 @click.command(context_settings={"show_default": True})
@@ -37,6 +43,9 @@ import common
 @click.option("--max-length", type=click.IntRange(min=8), default=256, help="Tokens per transcript (end kept).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3,
               help="Rounds of part 1, interleaved; each loop's best round counts (others share the CPU).")
+@click.option("--pairs-dir", type=click.Path(exists=True, file_okay=False), default="data/demo/hh-rlhf",
+              help="HH-RLHF folder for part 3: its held-out pairs (test split, 20 % of it by hash).")
+@click.option("--max-pairs", type=click.IntRange(min=1), default=200, help="Held-out pairs used in part 3.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: its default).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", help="Autocast dtype.")
@@ -113,6 +122,26 @@ def main(**cfg):
     plain_k, _ = timed(k_plain)
     sweep_k, _ = timed(sweep)
 
+    # part 3: held-out pairs through train.py's shared-prefix forward vs two full forwards (what score_items does)
+    pairs = common.subsample(common.held_out_items("mixed", cfg["pairs_dir"], "test", "test", 0.2), cfg["max_pairs"], 0)
+    pair_texts = [p.chosen[0] for p in pairs] + [p.rejected[0] for p in pairs]
+    pair_tokens = sum(len(ids) for ids in common.encode(tokenizer, pair_texts, max_length))
+    net = train.BradleyTerry(model, tokenizer.pad_token_id).eval()
+
+    def shared_prefix():
+        ids = common.encode(tokenizer, pair_texts, max_length)
+        with common.autocast(device, dtype):
+            return train.held_out_accuracy(net, ids[:len(pairs)], ids[len(pairs):], cfg["batch_size"] * max_length)
+
+    paired = {}
+    for _ in range(cfg["repeats"]):
+        for name, fn in (("shared prefix", shared_prefix),
+                         ("two full forwards", lambda: common.score_items(model, tokenizer, pairs, None,
+                                                                          cfg["batch_size"], max_length, device,
+                                                                          dtype, desc="pairs"))):
+            seconds, _ = timed(fn)
+            paired[name] = min(paired.get(name, seconds), seconds)
+
     # report
     click.echo(f"{len(items)} items, {len(texts)} distinct texts, {tokens} tokens; model {cfg['model']} "
                f"({shape[0]} layers × {shape[1]} neurons) on {device} ({dtype}, {torch.get_num_threads()} threads); "
@@ -124,10 +153,16 @@ def main(**cfg):
         [f"{k} plain evaluations", f"{plain_k:.3f}", f"{k * tokens / plain_k:.0f}", "1.000"],
         [f"sweep of {k} ablated configurations", f"{sweep_k:.3f}", f"{k * tokens / sweep_k:.0f}",
          f"{sweep_k / plain_k:.3f}"],
+        [f"{len(pairs)} held-out pairs, two full forwards", f"{paired['two full forwards']:.3f}",
+         f"{pair_tokens / paired['two full forwards']:.0f}", "1.000"],
+        [f"{len(pairs)} held-out pairs, shared-prefix forward", f"{paired['shared prefix']:.3f}",
+         f"{pair_tokens / paired['shared prefix']:.0f}",
+         f"{paired['shared prefix'] / paired['two full forwards']:.3f}"],
     ]
     click.echo(common.markdown_table(["what", "seconds", "tokens/s", "time ratio"], rows))
     click.echo(f"ablated / plain scoring: {100 * (best['ablated'] / best['plain'] - 1):+.1f} % time (target: "
-               f"within 5 %); sweep of {k} / {k} plain evaluations: {sweep_k / plain_k:.2f}×")
+               f"within 5 %); sweep of {k} / {k} plain evaluations: {sweep_k / plain_k:.2f}×; held-out pairs: shared "
+               f"prefix {paired['two full forwards'] / paired['shared prefix']:.2f}× faster than two full forwards")
 
 
 if __name__ == "__main__":
