@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,3 +33,21 @@ def toy_hh(tmp_path) -> Path:
     for subset in ("helpful-base", "helpful-online", "helpful-rejection-sampled", "harmless-base"):
         write_hh(tmp_path / "hh", subset, "test", rows)
     return tmp_path / "hh"
+
+
+def save_tiny_rm(runs: Path, objective: str = "helpful", name: str = "tiny-gpt2", perturb_seed: int | None = None,
+                 scale: float = 0.05) -> Path:
+    """An untrained tiny RM saved where train.py would put it (seed 0); with `perturb_seed` its weights move off
+    the base backbone by seeded noise, so RMs of different objectives differ and `change` scores are not zero."""
+    import common
+
+    model, tokenizer = common.new_reward_model(name, 0)
+    if perturb_seed is not None:
+        generator = torch.Generator().manual_seed(perturb_seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=generator) * scale)
+    target = common.rm_dir(runs, name, objective, 0) / "rm"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

@@ -17,6 +17,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 import ablate  # noqa: E402
 import common  # noqa: E402
+from conftest import save_tiny_rm  # noqa: E402
 
 DEMO = str(ROOT / "data" / "demo" / "hh-rlhf")
 CPU = torch.device("cpu")
@@ -110,17 +111,6 @@ def test_memo_tokenizer_gives_the_same_ids_and_tokenises_once():
 # ---------------------------------------------------------------------------------------------
 # The command: RMs saved where train.py puts them; neuron files made on the first run (they are missing)
 # ---------------------------------------------------------------------------------------------
-def save_rm(runs, objective):
-    model, tokenizer = common.new_reward_model("tiny-gpt2", 0)
-    generator = torch.Generator().manual_seed(len(objective))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    target = common.rm_dir(runs, "tiny-gpt2", objective, 0) / "rm"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-
-
 def run_ablate(root: Path, *extra):
     args = ["--model", "tiny-gpt2", "--runs-dir", str(root / "runs"), "--results-dir", str(root / "results"),
             "--data-dir", DEMO, "--max-pairs", "5", "--max-length", "48", "--batch-size", "4", "--device", "cpu",
@@ -134,7 +124,7 @@ def swept(tmp_path_factory):
     """One complete sweep: 2 RMs × 2 methods × 2 τ, neuron files computed on the way."""
     root = tmp_path_factory.mktemp("swept")
     for objective in OBJECTIVES:
-        save_rm(root / "runs", objective)
+        save_tiny_rm(root / "runs", objective, perturb_seed=len(objective))
     result = run_ablate(root)
     assert result.exit_code == 0, result.output
     assert "scoring the neurons first" in result.output

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import common  # noqa: E402
+from conftest import save_tiny_rm  # noqa: E402
 import neurons  # noqa: E402
 import rmt_kernels as rk  # noqa: E402
 from rmt_kernels import ops  # noqa: E402
@@ -30,18 +31,8 @@ def _auto_backend():
     rk.set_backend("auto")
 
 
-def save_rm(runs, name, objective="helpful", perturb=False):
-    """An untrained RM saved where train.py would put it; `perturb` moves its weights off the base backbone."""
-    model, tokenizer = common.new_reward_model(name, 0)
-    if perturb:
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=generator) * 0.02)
-    target = common.rm_dir(runs, name, objective, 0) / "rm"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
+def save_rm(runs, name, perturb=False):
+    return save_tiny_rm(runs, "helpful", name, perturb_seed=1 if perturb else None, scale=0.02)
 
 
 def run_neurons(tmp_path, name, *args):

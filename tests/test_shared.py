@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
 import common  # noqa: E402
+from conftest import save_tiny_rm  # noqa: E402
 import shared  # noqa: E402
 
 DEMO = str(ROOT / "data" / "demo" / "hh-rlhf")
@@ -115,14 +116,7 @@ def test_controls_have_the_size_and_come_from_the_seed():
 def save_rms(runs, objectives=common.OBJECTIVES):
     """Three different untrained tiny-gpt2 RMs (each perturbed by its own generator), saved where train.py would."""
     for index, objective in enumerate(objectives):
-        model, tokenizer = common.new_reward_model("tiny-gpt2", 0)
-        generator = torch.Generator().manual_seed(10 + index)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-        target = common.rm_dir(runs, "tiny-gpt2", objective, 0) / "rm"
-        model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+        save_tiny_rm(runs, objective, perturb_seed=10 + index)
 
 
 def invoke(tmp_path, *args):
