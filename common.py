@@ -937,7 +937,7 @@ def read_score_cache(path: Path, context: str) -> tuple[dict[str, dict], dict[st
 def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
                 max_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
                 fingerprint: str | None = None, intervention: dict | None = None, desc: str = "scoring items",
-                **score_kwargs) -> list[ItemScores]:
+                force: bool = False, **score_kwargs) -> list[ItemScores]:
     """Scores of every response of every item, in item order.
 
     Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored in the same context (RM
@@ -946,7 +946,8 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
     are flattened into ONE score_texts call (extra keyword arguments, e.g. hooks, go to it), so batches are
     length-sorted across all items and every distinct text is scored once; their rows are MERGED into the cache,
     so scoring a subsample never shrinks it. Scores under hooks must name their `intervention`, or they would be
-    cached as the plain RM's. cache_dir None scores everything and caches nothing.
+    cached as the plain RM's. cache_dir None scores everything and caches nothing; `force` rescores every item
+    (and rewrites its row).
     """
     if score_kwargs.get("hooks") is not None and intervention is None and cache_dir is not None:
         raise ValueError("scores made under hooks need an `intervention` describing them in their cache key")
@@ -962,7 +963,7 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
         fresh = 0
         for item in subset_items:
             row = rows.get(item.id)
-            if row is not None and hashes.get(item.id) == item_hash(item) \
+            if not force and row is not None and hashes.get(item.id) == item_hash(item) \
                     and len(row["chosen_scores"]) == len(item.chosen) \
                     and len(row["rejected_scores"]) == len(item.rejected):
                 done[subset, item.id] = ItemScores(row["chosen_scores"], row["rejected_scores"])

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The two commands of the README:
-#   bash run_all.sh         set up (first time), then the whole pipeline on the embedded offline demo
+#   bash run_all.sh         set up (first time), then all five steps on the embedded offline demo
 #   bash run_all.sh test    set up (first time), then the test suite
-# Another backbone or data:  MODEL=smollm2-135m-instruct-q4 TRAIN_ARGS="" COMMON_ARGS="" \
-#     DATA_ARGS="--data-dir ../shared/data/hh-rlhf --train-split test --max-pairs 600" bash run_all.sh
-# Every step skips what is already done, so an interrupted run continues where it stopped.
+# Presets and overrides:    bash run_all.sh [--preset demo|small|paper] [--force STEP]... [KEY=VALUE]...
+#   a preset is data/presets/<name>.env; environment variables and KEY=VALUE arguments override its settings,
+#   e.g.  bash run_all.sh --preset small SEEDS="0 1" ABLATE_ARGS="--tau 10"
+#   --force STEP (train, behaviour, neurons, ablate, shared) redoes that step's work even where it is done.
+# Every step skips what is already done with the same settings, so an interrupted run continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -78,24 +80,57 @@ if [ "${1:-}" = "test" ]; then
   exec "$PY" -m pytest tests -q "$@"
 fi
 
-MODEL=${MODEL:-tiny-gpt2}
-# Options every step takes alike: one --max-length for all, so the score caches of behaviour and ablate agree.
-COMMON_ARGS=${COMMON_ARGS---max-length 256}
-# Data options of the steps that read HH-RLHF (train, neurons, ablate, shared).
-DATA_ARGS=${DATA_ARGS---data-dir data/demo/hh-rlhf}
-# lr 1e-3: the tiny random demo backbones learn nothing in ~60 steps at the paper's 1e-4.
-TRAIN_ARGS=${TRAIN_ARGS---lr 1e-3}
-BENCH_ARGS=${BENCH_ARGS---bench demo}
-# The τ sweep of the ablation step (SPEC §1 "Ablation": run_all.sh uses {2, 5, 10, 20, 30, 100}).
-ABLATE_ARGS=${ABLATE_ARGS---tau 2 --tau 5 --tau 10 --tau 20 --tau 30 --tau 100}
-echo "== 1/5 train: $MODEL =="
-"$PY" experiments/train.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS
-echo "== 2/5 behaviour =="
-"$PY" experiments/behaviour.py --model "$MODEL" $COMMON_ARGS $BENCH_ARGS
-echo "== 3/5 neurons =="
-"$PY" experiments/neurons.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS
-echo "== 4/5 ablate =="
-"$PY" experiments/ablate.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS $ABLATE_ARGS $BENCH_ARGS
-echo "== 5/5 shared =="
-"$PY" experiments/shared.py --model "$MODEL" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS
-echo "== done: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="
+PRESET=demo
+FORCE=()
+OVERRIDES=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset) PRESET=${2:?--preset needs a name}; shift 2 ;;
+    --force) FORCE+=("${2:?--force needs a step name}"); shift 2 ;;
+    *=*) OVERRIDES+=("$1"); shift ;;
+    *) echo "run_all.sh: unknown argument '$1' (expected test, --preset NAME, --force STEP or KEY=VALUE)" >&2; exit 2 ;;
+  esac
+done
+preset_file=data/presets/$PRESET.env
+if [ ! -f "$preset_file" ]; then
+  echo "run_all.sh: no preset '$PRESET' (there are: $(ls data/presets | sed 's/\.env$//' | tr '\n' ' '))" >&2; exit 2
+fi
+# The preset's settings, unless the environment already sets them; KEY=VALUE arguments win over both.
+while IFS= read -r line; do
+  case "$line" in ''|'#'*) continue ;; esac
+  key=${line%%=*}
+  if [ -z "${!key+set}" ]; then eval "$line"; fi
+done < "$preset_file"
+for assignment in "${OVERRIDES[@]}"; do eval "${assignment%%=*}=\"\${assignment#*=}\""; done
+for step in "${FORCE[@]}"; do
+  case "$step" in train|behaviour|neurons|ablate|shared) ;; *) echo "run_all.sh: --force $step: no such step" >&2; exit 2 ;; esac
+done
+
+SEED_ARGS=$(for s in $SEEDS; do printf -- '--seed %s ' "$s"; done)
+LOGS=results/logs/$MODEL
+mkdir -p "$LOGS"
+STEPS=(train behaviour neurons ablate shared)
+started=$(date +%s)
+
+run_step() {  # run_step INDEX NAME SCRIPT ARGS...: one line per step, its output also in results/logs/<model>/<step>.log
+  local index=$1 name=$2 script=$3
+  shift 3
+  local args=("$@")
+  if [[ " ${FORCE[*]} " == *" $name "* ]]; then args+=(--force); fi
+  local next=${STEPS[$index]:-done}
+  echo "== $index/${#STEPS[@]} $name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $LOGS/$name.log"
+  if ! "$PY" "$script" "${args[@]}" 2>&1 | tee "$LOGS/$name.log"; then
+    echo "rm-tension: step '$name' failed; its log is $LOGS/$name.log. Rerun it alone with:" >&2
+    echo "  $PY $script ${args[*]}" >&2
+    exit 1
+  fi
+}
+
+echo "== preset $PRESET: $MODEL, seeds $SEEDS =="
+# shellcheck disable=SC2086  # the *_ARGS settings are word lists
+run_step 1 train experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS
+run_step 2 behaviour experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS
+run_step 3 neurons experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS
+run_step 4 ablate experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS $ABLATE_ARGS
+run_step 5 shared experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS $SHARED_ARGS
+echo "== done in $(( $(date +%s) - started )) s: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="

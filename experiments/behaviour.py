@@ -38,6 +38,7 @@ COLORS = common.RM_COLORS
 @common.bench_option
 @common.max_items_option
 @common.compute_options
+@click.option("--force", is_flag=True, help="Rescore every item even where cached scores exist.")
 def main(**cfg):
     common.check_model(cfg["model"])
     device = common.resolve_device(cfg["device"])
@@ -102,7 +103,7 @@ def score_run(cfg, run: Path, items, device, dtype):
     model, tokenizer = common.load_reward_model(run / "rm", device)
     max_length = min(cfg["max_length"], common.context_length(model))
     return common.score_items(model, tokenizer, items, run / "scores", 2 * cfg["batch_size"], max_length, device, dtype,
-                              fingerprint=common.rm_fingerprint(run / "rm"),
+                              fingerprint=common.rm_fingerprint(run / "rm"), force=cfg["force"],
                               desc=f"{run.parent.name} {run.name}")
 
 
