@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import click
+import numpy
 import torch
 from tqdm.auto import tqdm
 
@@ -155,6 +156,57 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     if not finite:
         return math.nan, math.nan, 0
     return statistics.fmean(finite), statistics.pstdev(finite), len(finite)
+
+
+# Confidence intervals over ITEMS (issue #12): percentile bootstrap, seeded, so a table is reproducible.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_NOTE = f"95 % bootstrap intervals over items, {BOOTSTRAP_RESAMPLES} resamples, seed 0"
+
+
+def bootstrap_ci(statistic, n_items: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(indices)`: each of `resamples` draws picks n_items item indices
+    with replacement (numpy Generator seeded with `seed`); (nan, nan) without items."""
+    if n_items == 0:
+        return math.nan, math.nan
+    draws = numpy.random.default_rng(seed).integers(0, n_items, size=(resamples, n_items))
+    values = numpy.array([statistic(indices) for indices in draws], dtype=float)
+    low, high = numpy.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def bootstrap_mean_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Vectorised bootstrap interval of a mean of per-item values. `values` is one stratum (an array, or a list of
+    numbers) or a list of strata (tasks), each [items] or [k, items] (k = seeds scored on the SAME items, resampled
+    jointly: one index draw per stratum and resample serves every row). The statistic is the unweighted mean over
+    strata (and rows) of the per-stratum item means, e.g. a group's accuracy = mean over its tasks, mean over seeds;
+    items are resampled within each stratum. One 1-D array gives the same interval as bootstrap_ci(lambda i: v[i].mean())."""
+    strata = [s if s.ndim == 2 else s[None, :] for s in _strata(values) if s.size]
+    if not strata:
+        return math.nan, math.nan
+    rng = numpy.random.default_rng(seed)
+    total = numpy.zeros(resamples)
+    for stratum in strata:
+        draws = rng.integers(0, stratum.shape[1], size=(resamples, stratum.shape[1]))
+        total += stratum.mean(axis=0)[draws].mean(axis=1)  # one draw for all k rows = resampling their item means
+    low, high = numpy.percentile(total / len(strata), [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def bootstrap_paired_delta_ci(before, after, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                              level: float = 0.95) -> tuple[float, float]:
+    """Interval of Δ = mean(after) − mean(before) on the SAME items (paired: an item's before and after are drawn
+    together), with `before` and `after` shaped as bootstrap_mean_ci's `values`."""
+    return bootstrap_mean_ci([a - b for b, a in zip(_strata(before), _strata(after), strict=True)], resamples, seed,
+                             level)
+
+
+def _strata(values) -> list[numpy.ndarray]:
+    """An array, or a list of numbers, is one stratum; any other list holds one stratum per element."""
+    if isinstance(values, numpy.ndarray) or not len(values) or numpy.isscalar(values[0]):
+        return [numpy.asarray(values, dtype=float)]
+    return [numpy.asarray(v, dtype=float) for v in values]
 
 
 # One colour per RM type in every figure of every step.
@@ -1742,11 +1794,14 @@ class MemoTokenizer:
 def accuracy_rows(items: Sequence[Item], base: Sequence[ItemScores], ablated: Sequence[ItemScores],
                   tasks: dict[str, Task]) -> list[dict]:
     """Per task (subset, first-seen order): {task, group, items, accuracy, base_accuracy, delta} under the paper rule,
-    accuracies as fractions; `base` and `ablated` are the scores of `items` in order."""
+    accuracies as fractions; `base` and `ablated` are the scores of `items` in order. Each row also holds the per-item
+    paper-rule correctness after / before ("correct", "base_correct": bool arrays, for bootstrap intervals)."""
     rows = []
     for subset, pairs in group_by_subset(items, list(zip(base, ablated))).items():
         before = paper_accuracy([b for b, _ in pairs])
         after = paper_accuracy([a for _, a in pairs])
         rows.append({"task": subset, "group": task_for(subset, tasks).objective or "", "items": len(pairs),
-                     "accuracy": after, "base_accuracy": before, "delta": after - before})
+                     "accuracy": after, "base_accuracy": before, "delta": after - before,
+                     "correct": numpy.array([a.correct for _, a in pairs], dtype=bool),
+                     "base_correct": numpy.array([b.correct for b, _ in pairs], dtype=bool)})
     return rows

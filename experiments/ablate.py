@@ -23,7 +23,8 @@ scored (--force rescores the ablated ones).
 Writes <results-dir>/<model>/ablate/: sweep.csv (objective, seed, ablation, method, tau, task, group, items,
 accuracy, base_accuracy, delta: one row per RM, ablation, method, τ and task), table2_harmless.{csv,md} and
 table3_helpful.{csv,md} (per task baseline and Δ at τ = 10, magnitude, mean ± std over seeds, group averages),
-heldout.{csv,md}, fig5_tau.png (held-out accuracy against τ), fig7_scores.png (min chosen / max rejected scores
+heldout.{csv,md} (both with delta_ci_low / delta_ci_high: the paired 95 % bootstrap interval of Δ over items, 1000
+resamples, seed 0), fig5_tau.png (held-out accuracy against τ), fig7_scores.png (min chosen / max rejected scores
 before and after), report_section.md and run.json; then <results-dir>/<model>/report.md.
 """
 import math
@@ -89,7 +90,8 @@ def main(**cfg):
         else:
             common.write_table(out / stem, tables[stem]["header"], tables[stem]["rows"],
                                f"{title}: accuracy before ablation and Δ after ({method}, τ = {tau:g}, "
-                               f"{cfg['ablation']}-ablation; percentage points, mean ± std over seeds)\n\n"
+                               f"{cfg['ablation']}-ablation; percentage points, mean ± std over seeds; Δ [low, high]: "
+                               f"{common.BOOTSTRAP_NOTE})\n\n"
                                + common.markdown_table(tables[stem]["md_header"], tables[stem]["md_rows"]))
     heldout = heldout_table(rows, cfg, objectives)
     common.write_table(out / "heldout", heldout["header"], heldout["rows"],
@@ -161,6 +163,21 @@ def pp(mean: float, std: float | None = None, sign: bool = False) -> str:
     return text if std is None else f"{text} ± {100 * std:.2f}"
 
 
+def with_ci(text: str, ci: tuple[float, float]) -> str:
+    """`text [low, high]` in percentage points; the text alone where there is no interval."""
+    return text if math.isnan(ci[0]) else f"{text} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+
+
+def seeds_ci(per_task: list[list[tuple]]) -> tuple[float, float]:
+    """Paired bootstrap interval of the seed-mean Δ averaged over tasks; per_task[t] holds each seed's (before, after)
+    per-item correctness of task t. Each task's items are resampled with ONE draw for every seed (they are the same
+    items: held-out pairs and benchmark items do not depend on the seed); none when a task's seeds differ in items."""
+    if not per_task or any(len({len(b) for b, _ in seeds}) != 1 for seeds in per_task):
+        return math.nan, math.nan
+    return common.bootstrap_paired_delta_ci([numpy.stack([b for b, _ in seeds]) for seeds in per_task],
+                                            [numpy.stack([a for _, a in seeds]) for seeds in per_task])
+
+
 def is_held_out(task: str, tasks) -> bool:
     return common.task_for(task, tasks).benchmark == "hh-rlhf"
 
@@ -176,22 +193,36 @@ def task_table(rows, tasks, objectives, method, tau, group):
     value = {(r["objective"], r["seed"], r["task"]): r for r in picked}
     items = {r["task"]: r["items"] for r in picked}
 
+    def complete(objective, names):
+        return [s for s in sorted({s for o, s, _ in value if o == objective})
+                if all((objective, s, t) in value for t in names)]
+
     def stats(objective, field, names):
-        seeds = sorted({s for o, s, _ in value if o == objective})
-        return common.mean_std([statistics.fmean(value[objective, s, t][field] for t in names) for s in seeds
-                                if all((objective, s, t) in value for t in names)])
+        return common.mean_std([statistics.fmean(value[objective, s, t][field] for t in names)
+                                for s in complete(objective, names)])
+
+    def delta_ci(objective, names):
+        """Paired bootstrap over items of the seed-mean Δ (mean over `names`): each task's items resampled, the
+        same draw for every seed."""
+        seeds = complete(objective, names)
+        return seeds_ci([[(value[objective, s, t]["base_correct"], value[objective, s, t]["correct"]) for s in seeds]
+                         for t in names] if seeds else [])
 
     lines = [(t, common.task_for(t, tasks).display, items[t], [t]) for t in members]
     if group is not None:
         lines.append((f"average-{group}", "Average", sum(items.values()), members))
     header = ["task", "display", "items"] + [f"{o}_{k}" for o in objectives
-                                             for k in ("base_mean", "base_std", "delta_mean", "delta_std", "seeds")]
+                                             for k in ("base_mean", "base_std", "delta_mean", "delta_std", "seeds",
+                                                       "delta_ci_low", "delta_ci_high")]
     csv_rows, md_rows = [], []
     for task, display, n, names in lines:
-        cells = {o: (stats(o, "base_accuracy", names), stats(o, "delta", names)) for o in objectives}
-        csv_rows.append([task, display, n] + [v for o in objectives for v in (*cells[o][0][:2], *cells[o][1])])
+        cells = {o: (stats(o, "base_accuracy", names), stats(o, "delta", names), delta_ci(o, names))
+                 for o in objectives}
+        csv_rows.append([task, display, n] + [v for o in objectives for v in (*cells[o][0][:2], *cells[o][1],
+                                                                               *cells[o][2])])
         md_rows.append([f"**{display}**" if task.startswith("average-") else display, n]
-                       + [c for o in objectives for c in (pp(*cells[o][0][:2]), pp(*cells[o][1][:2], sign=True))])
+                       + [c for o in objectives for c in (pp(*cells[o][0][:2]),
+                                                          with_ci(pp(*cells[o][1][:2], sign=True), cells[o][2]))])
     return {"header": header, "rows": csv_rows, "members": members,
             "md_header": ["Task", "Items"] + [c for o in objectives for c in (f"{o.title()} RM base", "Δ")],
             "md_rows": md_rows}
@@ -201,23 +232,29 @@ def heldout_table(rows, cfg, objectives):
     """Accuracy on the held-out HH-RLHF pairs (all hh-* tasks of the RM pooled, item-weighted) per RM type,
     method and τ, mean ± std over seeds."""
     tasks = common.load_tasks()
-    pooled = {}  # (objective, method, tau) -> {seed: [correct after, correct before, items]}
+    pooled = {}  # (objective, method, tau) -> {seed: [correct after, correct before, items, per-item before, after]}
     for r in rows:
         if is_held_out(r["task"], tasks):
-            acc = pooled.setdefault((r["objective"], r["method"], r["tau"]), {}).setdefault(r["seed"], [0, 0, 0])
+            acc = pooled.setdefault((r["objective"], r["method"], r["tau"]), {}).setdefault(r["seed"],
+                                                                                           [0, 0, 0, [], []])
             acc[0] += r["accuracy"] * r["items"]
             acc[1] += r["base_accuracy"] * r["items"]
             acc[2] += r["items"]
-    stats = {key: {"accuracy": common.mean_std([a / n for a, _, n in per_seed.values()]),
-                   "base": common.mean_std([b / n for _, b, n in per_seed.values()]),
-                   "delta": common.mean_std([(a - b) / n for a, b, n in per_seed.values()]),
-                   "items": round(statistics.fmean(n for _, _, n in per_seed.values()))}
+            acc[3].append(r["base_correct"])
+            acc[4].append(r["correct"])
+    stats = {key: {"accuracy": common.mean_std([a / n for a, _, n, _, _ in per_seed.values()]),
+                   "base": common.mean_std([b / n for _, b, n, _, _ in per_seed.values()]),
+                   "delta": common.mean_std([(a - b) / n for a, b, n, _, _ in per_seed.values()]),
+                   "delta_ci": seeds_ci([[(numpy.concatenate(b), numpy.concatenate(a))
+                                          for _, _, _, b, a in per_seed.values()]]),
+                   "items": round(statistics.fmean(n for _, _, n, _, _ in per_seed.values()))}
              for key, per_seed in pooled.items()}
     keys = [(o, m, t) for o in objectives for m in cfg["method"] for t in cfg["tau"] if (o, m, t) in stats]
     header = ["objective", "method", "tau", "items", "base_mean", "base_std", "accuracy_mean", "accuracy_std",
-              "delta_mean", "delta_std", "seeds"]
+              "delta_mean", "delta_std", "seeds", "delta_ci_low", "delta_ci_high"]
     csv_rows = [[o, m, f"{t:g}", stats[o, m, t]["items"], *stats[o, m, t]["base"][:2],
-                 *stats[o, m, t]["accuracy"][:2], *stats[o, m, t]["delta"]] for o, m, t in keys]
+                 *stats[o, m, t]["accuracy"][:2], *stats[o, m, t]["delta"], *stats[o, m, t]["delta_ci"]]
+                for o, m, t in keys]
     md_rows = []  # one row per RM type and method, one column per τ: ablated accuracy (Δ), means over seeds
     for o in objectives:
         for m in cfg["method"]:
@@ -225,7 +262,8 @@ def heldout_table(rows, cfg, objectives):
             if present:
                 first = stats[o, m, present[0]]
                 md_rows.append([f"{o} RM", m, first["items"], pp(first["base"][0])]
-                               + [f"{pp(stats[o, m, t]['accuracy'][0])} ({pp(stats[o, m, t]['delta'][0], sign=True)})"
+                               + [f"{pp(stats[o, m, t]['accuracy'][0])} "
+                                  f"({with_ci(pp(stats[o, m, t]['delta'][0], sign=True), stats[o, m, t]['delta_ci'])})"
                                   if (o, m, t) in stats else "–" for t in cfg["tau"]])
     return {"header": header, "rows": csv_rows, "stats": stats, "md_rows": md_rows,
             "md_header": ["RM", "Method", "Pairs", "Not ablated"] + [f"τ = {t:g} %" for t in cfg["tau"]]}
@@ -309,8 +347,9 @@ def report_section(cfg, runs, bench, bench_items, tables, heldout, method, tau, 
              f"τ ∈ {{{', '.join(f'{t:g}' for t in cfg['tau'])}}} %, and is evaluated before and after on its held-out "
              f"HH-RLHF pairs and on {len(bench_items)} benchmark items{sampled} "
              f"({', '.join(f'`{b}`' for b in cfg['bench'])}). Accuracy: min chosen > max rejected (strict); "
-             "Δ = ablated − not ablated, percentage points; ± is the population std over seeds. Every row is in "
-             "`ablate/sweep.csv`.\n"]
+             "Δ = ablated − not ablated, percentage points; ± is the population std over seeds; [low, high] is the "
+             f"paired interval of Δ ({common.BOOTSTRAP_NOTE}; with several seeds, of the seed-mean Δ, each task's "
+             "items drawn once for every seed). Every row is in `ablate/sweep.csv`.\n"]
     if cfg["ablation"] == "mean" and cfg["site"] == "act":
         lines.append("Mean-ablation at `act`: on a gated MLP (Llama: act(gate)·up) the up factor still multiplies "
                      "the replaced value, so the neuron's output is not its mean there; `--site down_in` is the true "
@@ -330,7 +369,7 @@ def report_section(cfg, runs, bench, bench_items, tables, heldout, method, tau, 
         if table is not None:
             average = table["rows"][-1]
             for k, objective in enumerate(objectives):
-                base, _, delta = average[3 + 5 * k: 6 + 5 * k]
+                base, _, delta = average[3 + 7 * k: 6 + 7 * k]
                 ours[objective, group] = f"{pp(base)} / {pp(delta, sign=True)}"
     lines.append(common.markdown_table(
         ["RM", "Tasks", "Ours", "Paper"],
@@ -339,8 +378,8 @@ def report_section(cfg, runs, bench, bench_items, tables, heldout, method, tau, 
     lines += ["### Held-out HH-RLHF accuracy against τ (Fig. 5)\n",
               "Accuracy on each RM's own held-out pairs (the mixed RM: helpful-base and harmless-base pooled) after "
               "ablating its top-τ % neurons of each method; the dashed line is the RM before ablation. "
-              "The paper sees magnitude and change drop far below random. Table: ablated accuracy (Δ), %, mean "
-              "over seeds (± in `ablate/heldout.csv`).\n",
+              "The paper sees magnitude and change drop far below random. Table: ablated accuracy (Δ [95 % interval]), "
+              "%, mean over seeds (± in `ablate/heldout.csv`).\n",
               "![Fig. 5](ablate/fig5_tau.png)\n",
               common.markdown_table(heldout["md_header"], heldout["md_rows"]),
               f"### Score distributions before and after (Fig. 7; {method}, τ = {tau:g})\n",

@@ -11,7 +11,8 @@ of every --bench, reusing <run>/scores/<subset>.jsonl when it still fits. Writes
 {accuracy,groups,retention,calibration,official}.{csv,md}, fig2_accuracy.png, fig3_calibration.png,
 report_section.md and run.json, then <results-dir>/<model>/report.md. An item is correct under the paper rule
 (min chosen > max rejected, strict); the official scorers are in official.*. "±" is the population std over
-seeds, as in the paper.
+seeds, as in the paper; accuracy.* also gives <objective>_ci_low / _ci_high, the 95 % bootstrap interval over items
+(1000 resamples, seed 0) of the seed-mean accuracy, the items resampled jointly for all seeds.
 """
 import math
 import statistics
@@ -69,7 +70,7 @@ def main(**cfg):
                 per.items()}
     counts = {s: sum(item.subset == s for item in bench.items) for s in subsets}
     tables = {
-        "accuracy": accuracy_table(accuracy, subsets, objectives, tasks, bench, counts),
+        "accuracy": accuracy_table(accuracy, per, subsets, objectives, tasks, bench, counts),
         "groups": groups_table(accuracy, subsets, objectives, tasks),
         "retention": retention_table(per, subsets, tasks),
         "calibration": calibration_table(per, subsets, tasks),
@@ -139,15 +140,35 @@ def group_rows(subsets, tasks, width, row_of, average_of=None):
     return rows
 
 
-def accuracy_table(accuracy, subsets, objectives, tasks, bench, counts):
+def accuracy_ci(per, subset, objective) -> tuple[float, float]:
+    """95 % bootstrap interval over items of the seed-mean accuracy: every seed scores the same items, so one draw
+    of item indices per resample serves all seeds (with one seed: the plain interval of its accuracy)."""
+    correct = [[v.correct for v in per[objective, seed][subset]] for seed in seeds_of(per, objective)]
+    if not correct or len({len(c) for c in correct}) != 1:
+        return math.nan, math.nan
+    return common.bootstrap_mean_ci(numpy.array(correct, dtype=float))
+
+
+def fmt_ci(stats, ci) -> str:
+    """"mean [low, high]" in %, with "± std" over seeds before the interval where there are several seeds."""
+    mean, std, seeds = stats
+    if math.isnan(mean):
+        return "–"
+    text = f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
+    return text if math.isnan(ci[0]) else f"{text} [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def accuracy_table(accuracy, per, subsets, objectives, tasks, bench, counts):
     stats = {(s, o): common.mean_std([accuracy[o, seed][s] for seed in seeds_of(accuracy, o)])
              for s in subsets for o in objectives}
+    cis = {(s, o): accuracy_ci(per, s, o) for s in subsets for o in objectives}
     header = ["subset", "display", "group", "source", "items"] + [f"{o}_{k}" for o in objectives
-                                                                   for k in ("mean", "std", "seeds")]
+                                                                   for k in ("mean", "std", "seeds", "ci_low",
+                                                                             "ci_high")]
     rows = [[s, common.task_for(s, tasks).display, common.task_for(s, tasks).objective or "", bench.sources[s],
-             counts[s]] + [v for o in objectives for v in stats[s, o]] for s in subsets]
+             counts[s]] + [v for o in objectives for v in (*stats[s, o], *cis[s, o])] for s in subsets]
     md_rows = group_rows(subsets, tasks, 2 + len(objectives), lambda s: [common.task_for(s, tasks).display, counts[s]]
-                         + [fmt(*stats[s, o][:2]) for o in objectives])
+                         + [fmt_ci(stats[s, o], cis[s, o]) for o in objectives])
     return {"header": header, "rows": rows, "md_header": ["Task", "Items"] + [o.title() for o in objectives],
             "md_rows": md_rows}
 
@@ -356,7 +377,9 @@ def report_section(cfg, runs, missing, bench, counts, tables) -> str:
              f"{len(counts)} tasks, {sum(counts.values())} items{sampled}. An item is correct when every chosen "
              "response scores strictly above every rejected one (for RM-Bench's 3 × 3 style variants that is "
              "stricter than RM-Bench's own metric: the paper's RM-Bench numbers are the `normal` official scores "
-             "below); ± is the population std over seeds.\n"]
+             "below); ± is the population std over seeds. In the per-task accuracy table, [low, high] is the "
+             f"{common.BOOTSTRAP_NOTE}, of the accuracy averaged over seeds (every seed scores the same items, so "
+             "one draw of items per resample serves all seeds).\n"]
     sources = {}
     for subset, source in bench.sources.items():
         sources.setdefault(source, []).append(f"{subset} ({counts[subset]})")

@@ -33,7 +33,8 @@ Writes <results-dir>/<model>/shared/: overlap.csv (seed, method, tau, measure, v
 ± std over seeds beside chance and the paper), overlap_tau.csv and fig_overlap_tau.png (HA_over_H and J(H,A) for
 τ = 1..30), layers_shared.csv and fig_layers_shared.png (helpful-only / shared / harmless-only per layer),
 partitions.csv (seed, method, tau, partition, neurons, task, group, items, accuracy, base_accuracy, delta; paper
-rule, fractions), table4.{csv,md} (Δ per objective group beside the size-matched control and the paper),
+rule, fractions), table4.{csv,md} (Δ per objective group beside the size-matched control and the paper, each with
+its paired 95 % bootstrap interval over items, 1000 resamples, seed 0),
 tasks_harmless / tasks_helpful.{csv,md} (Tables 17–18: Δ per task), table19_reward.{csv,md} (change of the mean
 reward over all responses per task), report_section.md and run.json; then <results-dir>/<model>/report.md.
 """
@@ -281,14 +282,17 @@ def mean_reward(scores) -> float:
 
 def task_rows(items, base, ablated, tasks) -> list[dict]:
     """Per task (subset, first-seen order): paper-rule accuracy before / after as fractions, and the mean reward
-    over all responses before / after (Table 19)."""
+    over all responses before / after (Table 19); "correct" / "base_correct" are the per-item paper-rule results
+    after / before (bool arrays, for the bootstrap intervals; not written to partitions.csv)."""
     rows = []
     for subset, pairs in common.group_by_subset(items, list(zip(base, ablated))).items():
         before, after = [b for b, _ in pairs], [a for _, a in pairs]
         accuracy, base_accuracy = common.paper_accuracy(after), common.paper_accuracy(before)
         rows.append({"task": subset, "group": common.task_for(subset, tasks).objective or "", "items": len(pairs),
                      "accuracy": accuracy, "base_accuracy": base_accuracy, "delta": accuracy - base_accuracy,
-                     "reward": mean_reward(after), "base_reward": mean_reward(before)})
+                     "reward": mean_reward(after), "base_reward": mean_reward(before),
+                     "correct": numpy.array([s.correct for s in after], dtype=bool),
+                     "base_correct": numpy.array([s.correct for s in before], dtype=bool)})
     return rows
 
 
@@ -346,9 +350,31 @@ def group_delta(rows, tasks, method, tau, partition, group, field="delta"):
     return common.mean_std(statistics.fmean(v) for v in per_seed.values())
 
 
+def group_delta_ci(rows, tasks, method, tau, partition, group) -> tuple[float, float]:
+    """Paired bootstrap interval over items of group_delta's mean: per resample, each benchmark task's items are drawn
+    once (the same draw for every seed: every seed scores the same items), Δ averaged over the group's tasks and the
+    seeds."""
+    per_task = {}  # task -> {seed: row}
+    for r in rows:
+        if (r["method"], r["tau"], r["partition"], r["group"]) == (method, tau, partition, group) \
+                and not is_held_out(r["task"], tasks):
+            per_task.setdefault(r["task"], {})[r["seed"]] = r
+    seeds = sorted(set.intersection(*(set(v) for v in per_task.values()))) if per_task else []
+    if not seeds or any(len({len(per_task[t][s]["correct"]) for s in seeds}) != 1 for t in per_task):
+        return math.nan, math.nan
+    return common.bootstrap_paired_delta_ci(*([numpy.stack([per_task[t][s][f] for s in seeds]) for t in per_task]
+                                              for f in ("base_correct", "correct")))
+
+
+def with_ci(text: str, ci: tuple[float, float]) -> str:
+    return text if text == "–" or math.isnan(ci[0]) else f"{text} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+
+
 def table4(cfg, rows, tasks):
     header = ["method", "tau", "partition", "neurons"] + [f"{g}_{k}" for g in GROUPS for k in
-                                                          ("delta_mean", "delta_std", "control_mean", "control_std")]
+                                                          ("delta_mean", "delta_std", "control_mean", "control_std",
+                                                           "delta_ci_low", "delta_ci_high", "control_ci_low",
+                                                           "control_ci_high")]
     csv_rows, md_rows = [], []
     for method in cfg["method"]:
         for tau in cfg["tau"]:
@@ -362,11 +388,14 @@ def table4(cfg, rows, tasks):
                                           == (method, tau, p) and r["task"] == rows[0]["task"])[0]
                 own = {g: group_delta(rows, tasks, method, tau, p, g) for g in GROUPS}
                 ctl = {g: group_delta(rows, tasks, method, tau, f"random-{p}", g) for g in GROUPS}
-                csv_rows.append([method, f"{tau:g}", p, neurons] + [v for g in GROUPS for v in (*own[g][:2],
-                                                                                                *ctl[g][:2])])
+                own_ci = {g: group_delta_ci(rows, tasks, method, tau, p, g) for g in GROUPS}
+                ctl_ci = {g: group_delta_ci(rows, tasks, method, tau, f"random-{p}", g) for g in GROUPS}
+                csv_rows.append([method, f"{tau:g}", p, neurons] + [v for g in GROUPS for v in (
+                    *own[g][:2], *ctl[g][:2], *own_ci[g], *ctl_ci[g])])
                 paper = [f"{v:+.2f}" for v in PAPER_TABLE4[p]] if (method, tau) == ("magnitude", 10.0) else ["–", "–"]
                 md_rows.append([method, f"{tau:g}", p, f"{neurons:.0f}",
-                                *[c for g in GROUPS for c in (pm(own[g], 2, 100, True), pm(ctl[g], 2, 100, True))],
+                                *[c for g in GROUPS for c in (with_ci(pm(own[g], 2, 100, True), own_ci[g]),
+                                                              with_ci(pm(ctl[g], 2, 100, True), ctl_ci[g]))],
                                 *paper])
     md = common.markdown_table(["Method", "τ %", "Ablated in the mixed RM", "Neurons", "Δ harmless", "Δ harmless, "
                                 "size-matched control", "Δ helpful", "Δ helpful, size-matched control",
@@ -549,7 +578,8 @@ def write_results(cfg, results, tasks, out: Path):
         "Δ accuracy in percentage points (paper rule; per seed the mean over the group's benchmark tasks, then mean ± "
         "std over seeds) of each exact partition beside a random set of the same size; the paper (baseline 61.04 "
         "harmless / 50.47 helpful; shared −10.00 / −4.40, harmless-only −1.18 / −0.76, helpful-only −0.00 / −0.83) has "
-        "no size-matched control.\n",
+        f"no size-matched control. [low, high]: the paired interval of the group Δ ({common.BOOTSTRAP_NOTE}; each "
+        "task's items resampled, one draw for every seed).\n",
         verdict(cfg, rows, tasks) + "\n",
     ]
     for stem, title, sentence in (

@@ -236,3 +236,20 @@ def test_mean_ablation_reads_the_neurons_mean_from_the_h5(swept, tmp_path):
     assert meta["intervention"] == common.intervention("act", "mean", selected, neurons.mean_activation)
     rows = read_csv(tmp_path / "results" / "tiny-gpt2" / "ablate" / "sweep.csv")
     assert {r["ablation"] for r in rows} == {"mean"}
+
+
+def test_tables_carry_a_paired_bootstrap_interval_that_contains_the_point_delta(swept):
+    out = swept / "results" / "tiny-gpt2" / "ablate"
+    checked = 0
+    for name in ("table2_harmless.csv", "table3_helpful.csv"):
+        for row in read_csv(out / name):
+            for objective in OBJECTIVES:
+                low, high = float(row[f"{objective}_delta_ci_low"]), float(row[f"{objective}_delta_ci_high"])
+                assert low - 1e-12 <= float(row[f"{objective}_delta_mean"]) <= high + 1e-12
+                checked += 1
+    for row in read_csv(out / "heldout.csv"):
+        assert float(row["delta_ci_low"]) - 1e-12 <= float(row["delta_mean"]) <= float(row["delta_ci_high"]) + 1e-12
+        checked += 1
+    assert checked
+    assert "Δ [low, high]" in (out / "table2_harmless.md").read_text()
+    assert common.BOOTSTRAP_NOTE in (out / "report_section.md").read_text()
