@@ -211,6 +211,9 @@ def _strata(values) -> list[numpy.ndarray]:
 
 # One colour per RM type in every figure of every step.
 RM_COLORS = {"helpful": "tab:blue", "harmless": "tab:red", "mixed": "tab:purple"}
+# and one colour and marker per neuron scoring method
+METHOD_STYLE = {"magnitude": ("tab:green", "o"), "change": ("tab:orange", "s"), "random": ("tab:gray", "^"),
+                "attribution": ("tab:cyan", "D")}
 
 
 def pyplot():
@@ -503,7 +506,9 @@ max_items_option = click.option(
     "--max-items", type=click.IntRange(min=1), default=None,
     help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a CPU). "
          "Default: every item.")
-NEURON_METHODS = ("magnitude", "change", "random")
+PAPER_METHODS = ("magnitude", "change", "random")
+# attribution (grad × activation, SPEC §3) is ours, opt-in: it costs a backward pass
+NEURON_METHODS = (*PAPER_METHODS, "attribution")
 ABLATIONS = ("zero", "mean")
 neuron_options = options(
     click.option("--site", type=click.Choice(NEURON_SITES), default="act",
@@ -514,7 +519,7 @@ neuron_options = options(
 )
 
 
-def method_option(default=NEURON_METHODS):
+def method_option(default=PAPER_METHODS):
     return click.option("--method", type=click.Choice(NEURON_METHODS), multiple=True, default=default,
                         help="Neuron scoring method(s); repeatable.")
 
@@ -1252,9 +1257,50 @@ class ScoringPass:
         return rmsd
 
 
-def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, attrs: dict, change: bool) -> None:
+class AttributionPass:
+    """Per neuron, the first-order estimate of how each pair's margin m = r(chosen) − r(rejected) changes when the
+    neuron is zero-ablated: Δm ≈ −Σ_tokens a · ∂m/∂a over both transcripts (attribution patching: Nanda; Kramár et
+    al. 2024, AtP*), summed over pairs in float64. One forward and one backward per batch (rows as pair_batches
+    makes them); each layer's a · ∂m/∂a product is reduced over tokens as soon as it is formed, so nothing of size
+    pairs × tokens × neurons outlives its layer."""
+
+    def __init__(self, model, site="act"):
+        self.model, self.site = model, site
+        self.shape = mlp_shape(model)
+        self.delta_sum = torch.zeros(self.shape, dtype=torch.float64, device=next(model.parameters()).device)
+        self.pairs = 0
+
+    def run(self, batches, device, dtype, total=None, desc="attribution"):
+        acts = {}
+
+        def keep(layer, a):
+            acts[layer] = a
+
+        self.model.eval()
+        with torch.enable_grad(), mlp_hooks(self.model, self.site, keep):
+            for batch, input_ids, mask in progress(batches, total=total, desc=desc, unit="batch"):
+                input_ids, mask = input_ids.to(device), mask.to(device)
+                n = len(batch)
+                with autocast(device, dtype):
+                    reward = rewards(self.model, input_ids, mask)
+                # Pairs are independent, so the gradient of the summed margins holds each pair's own ∂m/∂a.
+                grads = torch.autograd.grad((reward[:n] - reward[n:]).sum(), [acts[i] for i in range(self.shape[0])])
+                real = mask[..., None].double()
+                for layer, grad in enumerate(grads):
+                    self.delta_sum[layer] -= (acts[layer].detach().double() * grad.double() * real).sum(dim=(0, 1))
+                self.pairs += n
+                acts.clear()
+
+    def signed(self) -> torch.Tensor:
+        """Mean predicted Δm per neuron over the pairs (negative: zero-ablating it lowers the margin)."""
+        return self.delta_sum / max(self.pairs, 1)
+
+
+def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, attrs: dict, change: bool,
+                      extra: dict | None = None) -> None:
     """One method's .h5 (SPEC §4): `score`; `chosen/`, `rejected/` with the RM's activation statistics; for change
-    also `sq_diff/{chosen,rejected}/` with Σ (a_trained − a_base)² and tokens; `pair_rmsd`; attributes."""
+    also `sq_diff/{chosen,rejected}/` with Σ (a_trained − a_base)² and tokens; `pair_rmsd`; `extra` datasets (the
+    attribution's `signed`); attributes."""
     import h5py
 
     def group(parent, stats):
@@ -1270,6 +1316,8 @@ def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, att
             if change:
                 group(f.create_group(f"sq_diff/{side}"), scoring.diff[side])
         f.create_dataset("pair_rmsd", data=scoring.pair_rmsd().numpy())
+        for name, value in (extra or {}).items():
+            f.create_dataset(name, data=value.cpu().numpy())
 
 
 def neuron_settings(cfg: dict, run: Path, max_length: int, dtype: torch.dtype) -> dict:
@@ -1359,17 +1407,26 @@ def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence
     scoring = ScoringPass(model, base, site=cfg["site"])
     batches = pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)
     scoring.run(batches, device, dtype, total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"neurons {objective}")
+    attribution = None
+    if "attribution" in todo:
+        attribution = AttributionPass(model, cfg["site"])
+        attribution.run(pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"],
+                                     tokenizer.pad_token_id), device, dtype,
+                        total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"attribution {objective}")
     seconds = time.perf_counter() - started
 
     # save
     scores = {"magnitude": scoring.magnitude, "change": scoring.change,
-              "random": lambda: torch.rand(scoring.shape, generator=random_generator(objective, seed))}
+              "random": lambda: torch.rand(scoring.shape, generator=random_generator(objective, seed)),
+              "attribution": lambda: attribution.signed().abs()}
     for method in todo:
         attrs = {"method": method, "site": cfg["site"], "model": cfg["model"], "objective": objective, "seed": seed,
                  "backend": rmt_kernels.backend(device), "pairs": len(pairs), "layers": scoring.shape[0],
                  "d_mlp": scoring.shape[1], "settings": json.dumps(settings),
                  "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)}
-        write_neuron_file(folder / f"{method}.h5", scores[method]().float().cpu(), scoring, attrs, method == "change")
+        extra = {"signed": attribution.signed()} if method == "attribution" else None
+        write_neuron_file(folder / f"{method}.h5", scores[method]().float().cpu(), scoring, attrs, method == "change",
+                          extra)
     tokens = sum(scoring.tokens(side) for side in SIDES)
     click.echo(f"{tag} {', '.join(todo)} from {len(pairs)} pairs, {tokens} tokens in {seconds:.1f} s "
                f"({rmt_kernels.backend(device)}) → {folder}", err=True)

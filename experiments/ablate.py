@@ -56,7 +56,7 @@ PAPER = {("harmless", "harmless"): (70.82, -12.89), ("harmless", "helpful"): (43
 
 @click.command(context_settings={"show_default": True})
 @common.rm_options
-@common.ablation_step_options(methods=common.NEURON_METHODS)
+@common.ablation_step_options(methods=common.PAPER_METHODS)
 @click.option("--force", is_flag=True, help="Rescore the ablated RMs even where cached ablated scores exist.")
 def main(**cfg):
     device, dtype = common.start_analysis(cfg)
@@ -272,9 +272,6 @@ def heldout_table(rows, cfg, objectives):
 # ---------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------
-METHOD_STYLE = {"magnitude": ("tab:green", "o"), "change": ("tab:orange", "s"), "random": ("tab:gray", "^")}
-
-
 def fig5_tau(stats, cfg, objectives, path: Path):
     """Fig. 5: held-out HH-RLHF accuracy against τ, one line per method, one panel per RM type; the dashed line is
     the RM before ablation; error bars: ± std over seeds."""
@@ -284,7 +281,7 @@ def fig5_tau(stats, cfg, objectives, path: Path):
     for ax, objective in zip(axes[0], objectives):
         for method in cfg["method"]:
             points = [(t, stats[objective, method, t]["accuracy"]) for t in taus if (objective, method, t) in stats]
-            color, marker = METHOD_STYLE[method]
+            color, marker = common.METHOD_STYLE[method]
             ax.errorbar([t for t, _ in points], [100 * m for _, (m, _, _) in points],
                         yerr=[100 * s for _, (_, s, _) in points], color=color, marker=marker, capsize=3,
                         label=method)

@@ -14,7 +14,9 @@ Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/<method>.h5:
   score [layers, d_mlp] float32 — magnitude: (I_chosen + I_rejected) / 2 with I = sum / tokens, the mean
       activation over real tokens; change: sqrt(sq_sum / tokens) over the chosen and rejected tokens together,
       the RMS of (a_trained − a_base); random: uniform [0, 1) from a torch.Generator seeded with the seed and
-      the objective (random_generator).
+      the objective (random_generator); attribution (ours, opt-in with --method attribution; one backward per
+      batch): |mean over pairs of −Σ_tokens a · ∂m/∂a|, the first-order estimate of how much zero-ablating the
+      neuron changes the margin m = r(chosen) − r(rejected), its sign kept in the dataset `signed`.
   chosen/, rejected/ — sum, abs_sum, sq_sum, pos_count [layers, d_mlp] float64 and tokens (scalar) of the RM's
       activations, in every file (mean-ablation reads the per-neuron mean from them).
   sq_diff/chosen/, sq_diff/rejected/ (change only) — sq_sum = Σ (a_trained − a_base)² and tokens.

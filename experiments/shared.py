@@ -492,9 +492,6 @@ def plot_layers(cfg, layer_rows, path):
     common.save_figure(fig, path)
 
 
-METHOD_COLORS = {"magnitude": "tab:green", "change": "tab:orange", "random": "tab:gray"}
-
-
 def plot_tau(cfg, curve_rows, path):
     plt = common.pyplot()
     paper = PAPER_OVERLAP.get(paper_backbone(cfg["model"]), {})
@@ -506,8 +503,8 @@ def plot_tau(cfg, curve_rows, path):
             stats = [common.mean_std(r["value"] for r in picked if r["tau"] == t) for t in taus]
             mean = numpy.array([s[0] for s in stats])
             std = numpy.array([s[1] for s in stats])
-            ax.plot(taus, mean, color=METHOD_COLORS[method], label=method)
-            ax.fill_between(taus, mean - std, mean + std, color=METHOD_COLORS[method], alpha=0.2, linewidth=0)
+            ax.plot(taus, mean, color=common.METHOD_STYLE[method][0], label=method)
+            ax.fill_between(taus, mean - std, mean + std, color=common.METHOD_STYLE[method][0], alpha=0.2, linewidth=0)
         chance = {r["tau"]: r["chance"] for r in curve_rows if r["measure"] == measure}
         ax.plot(sorted(chance), [chance[t] for t in sorted(chance)], "k--", label="chance")
         if measure in paper:
