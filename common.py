@@ -692,12 +692,16 @@ REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared")
 
 
 def write_report(results_dir: str | os.PathLike, model: str) -> Path:
-    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order."""
+    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order; and the index
+    results/report.md linking every backbone's report."""
     root = Path(results_dir) / model_slug(model)
     sections = [(root / step / "report_section.md").read_text(encoding="utf-8").strip()
                 for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
     report = root / "report.md"
     write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
+    backbones = sorted(p.parent.name for p in Path(results_dir).glob("*/report.md"))
+    write_text(Path(results_dir) / "report.md", "# rm-tension reports\n\n" + "".join(
+        f"- [{name}]({name}/report.md)\n" for name in backbones))
     return report
 
 

@@ -303,6 +303,7 @@ def test_behaviour_writes_every_table_figure_and_the_report(tmp_path):
     assert all((out / "behaviour" / name).exists() for name in names)
     assert (out / "behaviour" / "fig2_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
+    assert "- [tiny-gpt2](tiny-gpt2/report.md)" in (tmp_path / "results" / "report.md").read_text()  # the index
     assert "Behavioural retention" in report and "Demo Helpful Style" in report and "Skipped" not in report
     official = (out / "behaviour" / "official.csv").read_text()
     assert "demo-helpful-style hard" in official
