@@ -248,18 +248,25 @@ class Arch:
     d_mlp: Callable  # config -> number of MLP hidden units
     context: Callable  # config -> most positions the backbone can take
     gated: bool  # act(gate)·up: a value replaced at `act` is still multiplied by `up`
+    # Which parameter slices are neuron j's own (the gradient conflict): row or column j of each input projection
+    # (and element j of its bias), and row or column j of the down projection's weight (its bias is shared by all).
+    neuron_in: tuple[str, ...]  # MLP input projection(s) inside a block
+    in_axis: int  # weight axis indexing neurons: GPT-2 Conv1D [d_model, d_mlp] → 1; nn.Linear [d_mlp, d_model] → 0
+    down_axis: int  # GPT-2 Conv1D [d_mlp, d_model] → 0; nn.Linear [d_model, d_mlp] → 1
 
 
 _LLAMA_LIKE = Arch("layers", "mlp.act_fn", "mlp.down_proj", lambda c: c.intermediate_size,
-                   lambda c: c.max_position_embeddings, gated=True)
+                   lambda c: c.max_position_embeddings, gated=True, neuron_in=("mlp.gate_proj", "mlp.up_proj"),
+                   in_axis=0, down_axis=1)
 ARCHITECTURES: dict[str, Arch] = {
     "gpt2": Arch("h", "mlp.act", "mlp.c_proj", lambda c: c.n_inner or 4 * c.n_embd, lambda c: c.n_positions,
-                 gated=False),
+                 gated=False, neuron_in=("mlp.c_fc",), in_axis=1, down_axis=0),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gpt_neox": Arch("layers", "mlp.act", "mlp.dense_4h_to_h", lambda c: c.intermediate_size,
-                     lambda c: c.max_position_embeddings, gated=False),
+                     lambda c: c.max_position_embeddings, gated=False, neuron_in=("mlp.dense_h_to_4h",), in_axis=0,
+                     down_axis=1),
 }
 NEURON_SITES = ("act", "down_in")
 
@@ -269,7 +276,7 @@ def arch_of(model) -> Arch:
     if model_type not in ARCHITECTURES:
         raise click.UsageError(
             f"architecture '{model_type}' is not in common.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))}). "
-            "Add one row there: its layer list, MLP activation module and down projection.")
+            "Add one row there: its layer list, MLP activation module, down and input projections.")
     return ARCHITECTURES[model_type]
 
 
@@ -284,6 +291,24 @@ def mlp_shape(model) -> tuple[int, int]:
 
 def context_length(model) -> int:
     return arch_of(model).context(model.config)
+
+
+def neuron_parameters(model) -> list[list[tuple[torch.nn.Parameter, int]]]:
+    """Per layer, (parameter, the axis indexing its neurons) for every parameter that holds one slice per MLP neuron:
+    the input projections' weights and biases (a bias has one element per neuron) and the down projection's weight.
+    Index j along that axis of each is neuron j's own parameters."""
+    arch = arch_of(model)
+    layers = []
+    for layer in transformer_layers(model):
+        params = []
+        for path in arch.neuron_in:
+            module = layer.get_submodule(path)
+            params.append((module.weight, arch.in_axis))
+            if getattr(module, "bias", None) is not None:
+                params.append((module.bias, 0))
+        params.append((layer.get_submodule(arch.down).weight, arch.down_axis))
+        layers.append(params)
+    return layers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,7 +713,7 @@ def require_runs(runs_dir: str, model: str, objectives: Sequence[str], seeds: Se
     return runs
 
 
-REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared")
+REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared", "conflict")
 
 
 def write_report(results_dir: str | os.PathLike, model: str) -> Path:
