@@ -147,6 +147,24 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rows_markdown(rows: Sequence[dict], digits: int = 4) -> str:
+    """A Markdown table of dict rows (keys of the first row as the header), floats to `digits` significant digits."""
+    def cell(value):
+        if isinstance(value, float):
+            return "–" if math.isnan(value) else f"{value:.{digits}g}"
+        return str(value)
+
+    return markdown_table(list(rows[0]), [[cell(v) for v in row.values()] for row in rows])
+
+
+def write_rows(stem: Path, rows: Sequence[dict], digits: int = 4) -> None:
+    """<stem>.csv + .md of dict rows; no rows removes an earlier run's table."""
+    if rows:
+        write_table(stem, list(rows[0]), [list(row.values()) for row in rows], rows_markdown(rows, digits))
+    else:
+        remove_table(stem)
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """Mean and POPULATION std (ddof 0, as the paper's ± over seeds; 0 for one seed, never NaN) of the finite
     values, and how many there were."""

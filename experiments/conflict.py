@@ -298,7 +298,7 @@ def write_results(cfg, runs, out: Path) -> list[str]:
                                **distribution(cos[layer], d["null_q05"]), "null_q05": d["null_q05"]})
         layer_rows.append({"seed": seed, "objective": objective, "layer": "all",
                            **distribution(cos.ravel(), d["null_q05"]), "null_q05": d["null_q05"]})
-    write_table(out / "layers", layer_rows)
+    common.write_rows(out / "layers", layer_rows, 3)
 
     set_rows, partition_rows, correlation_rows, sets_for_plot = [], [], [], {}
     plot_rm = "mixed" if "mixed" in cfg["objective"] else cfg["objective"][0]
@@ -343,31 +343,14 @@ def write_results(cfg, runs, out: Path) -> list[str]:
                                          "partitions": len(PARTITIONS), "pearson_r": pearson(
                                              [means[p] for p in PARTITIONS],
                                              [deltas.get((p, group), math.nan) for p in PARTITIONS])})
-    write_table(out / "sets", set_rows)
-    write_table(out / "partitions", partition_rows)
-    write_table(out / "partition_correlation", correlation_rows)
+    common.write_rows(out / "sets", set_rows, 3)
+    common.write_rows(out / "partitions", partition_rows, 3)
+    common.write_rows(out / "partition_correlation", correlation_rows, 3)
     plot_layers(cfg, data, out / "fig_layers.png")
     plot_sets(cfg, data, sets_for_plot, out / "fig_sets.png")
     common.write_text(out / "report_section.md", report_section(cfg, data, layer_rows, set_rows, partition_rows,
                                                                 correlation_rows, notes))
     return notes
-
-
-def fmt(value):
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.3g}"
-    return str(value)
-
-
-def markdown(rows):
-    return common.markdown_table(list(rows[0]), [[fmt(v) for v in row.values()] for row in rows])
-
-
-def write_table(stem: Path, rows):
-    if rows:
-        common.write_table(stem, list(rows[0]), [list(row.values()) for row in rows], markdown(rows))
-    else:
-        common.remove_table(stem)
 
 
 def plot_layers(cfg, data, path):
@@ -435,7 +418,7 @@ def report_section(cfg, data, layer_rows, set_rows, partition_rows, correlation_
         "trained RM weights a flipped pair's gradient by σ(m) and a kept one's by σ(−m), so its null leans towards "
         "the anti-harmless direction and its 5th percentile can lie far below 0 (see `null_q05`).\n",
         "### All neurons, per RM\n",
-        markdown(overall),
+        common.rows_markdown(overall, 3),
         "Per layer: `conflict/layers.csv`.\n",
         "![cosine per layer](conflict/fig_layers.png)\n",
     ]
@@ -443,10 +426,10 @@ def report_section(cfg, data, layer_rows, set_rows, partition_rows, correlation_
         text += [f"### By neuron set (top {cfg['tau']:g} % of the helpful (H) and harmless (A) RMs)\n",
                  "shared = H∩A, helpful-only = H\\A, harmless-only = A\\H, rest = neither; "
                  f"mean cosine with its {common.BOOTSTRAP_NOTE.replace('items', 'neurons')}.\n",
-                 markdown(set_rows), "![cosine per set](conflict/fig_sets.png)\n"]
+                 common.rows_markdown(set_rows, 3), "![cosine per set](conflict/fig_sets.png)\n"]
     if partition_rows:
-        text += ["### Conflict vs the partitions' ablation Δ (shared.py, mixed RM)\n", markdown(partition_rows),
-                 markdown(correlation_rows),
+        text += ["### Conflict vs the partitions' ablation Δ (shared.py, mixed RM)\n", common.rows_markdown(partition_rows, 3),
+                 common.rows_markdown(correlation_rows, 3),
                  "With 3 partitions the Pearson r is descriptive only: no test, no interval.\n"]
     if notes:
         text += ["Notes: " + "; ".join(n.replace("\n", " ") for n in notes) + "\n"]

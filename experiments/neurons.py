@@ -29,7 +29,6 @@ and under <results-dir>/<model>/neurons/ (neurons/down_in/ for that site): layer
 the early / middle / late third of the layers; layer l is in third floor(3·l / layers)), rmsd.csv/.md
 (Table 16), report_section.md and run.json.
 """
-import math
 import sys
 from pathlib import Path
 
@@ -107,27 +106,10 @@ def write_results(cfg, runs, out):
             mean, std, _ = common.mean_std(per_seed)
             rmsd_rows.append({"objective": objective, "rmsd": mean, "rmsd_std": std, "seeds": len(per_seed),
                               "pairs": pairs})
-    write_table(out / "layers", layer_rows)
-    write_table(out / "rmsd", rmsd_rows)
+    common.write_rows(out / "layers", layer_rows)
+    common.write_rows(out / "rmsd", rmsd_rows)
     plot_layers(layer_rows, cfg, out / "fig4_layers.png")
     common.write_text(out / "report_section.md", report_section(cfg, layer_rows, rmsd_rows, recorded))
-
-
-def fmt(value):
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def markdown(rows):
-    return common.markdown_table(list(rows[0]), [[fmt(v) for v in row.values()] for row in rows])
-
-
-def write_table(stem: Path, rows):
-    if rows:
-        common.write_table(stem, list(rows[0]), [list(row.values()) for row in rows], markdown(rows))
-    else:
-        common.remove_table(stem)
 
 
 def plot_layers(rows, cfg, path):
@@ -162,7 +144,7 @@ def report_section(cfg, layer_rows, rmsd_rows, recorded):
         f"{cfg['tau']:g} % of all MLP neurons selected globally (exact count; `threshold` is the lowest selected "
         "score). Shares are means over seeds (± population std over seeds in the CSV).\n",
         "### Layer distribution of the selected neurons (Fig. 4)\n",
-        markdown([{k: v for k, v in row.items() if not k.endswith("_std")} for row in layer_rows]),
+        common.rows_markdown([{k: v for k, v in row.items() if not k.endswith("_std")} for row in layer_rows]),
         f"![Fig. 4: layer distribution]({figure})\n",
         "Third of the layers holding the most selected neurons — " + "; ".join(
             f"{method}: " + ", ".join(f"{row['objective']} {top} ({row[top]:.2f})" for row in layer_rows
@@ -171,7 +153,7 @@ def report_section(cfg, layer_rows, rmsd_rows, recorded):
         "random selection follows the number of layers per third.\n",
     ]
     if rmsd_rows:
-        text += ["### Chosen vs rejected: RMSD of token-mean activations (Table 16)\n", markdown(rmsd_rows),
+        text += ["### Chosen vs rejected: RMSD of token-mean activations (Table 16)\n", common.rows_markdown(rmsd_rows),
                  "The paper reports ~1e-3: chosen and rejected transcripts engage nearly the same neurons.\n"]
     return "\n".join(text)
 
