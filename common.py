@@ -726,9 +726,12 @@ def require_runs(runs_dir: str, model: str, objectives: Sequence[str], seeds: Se
     """Every RM asked for, or one error naming each missing RM with the command that trains it."""
     runs, missing = find_runs(runs_dir, model, objectives, seeds)
     if missing:
-        raise click.ClickException("\n".join(f"missing RM: {what}; train it with:\n  {command}"
-                                             for what, command in missing.items()))
+        raise click.ClickException(missing_message(missing))
     return runs
+
+
+def missing_message(missing: dict[str, str]) -> str:
+    return "\n".join(f"missing RM: {what}; train it with:\n  {command}" for what, command in missing.items())
 
 
 REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared", "conflict")

@@ -28,6 +28,7 @@ import torch
 
 import common
 import train
+from bench_score import bench_model, machine, machine_options
 
 
 @click.command(context_settings={"show_default": True})
@@ -46,22 +47,13 @@ import train
 @click.option("--pairs-dir", type=click.Path(exists=True, file_okay=False), default="data/demo/hh-rlhf",
               help="HH-RLHF folder for part 3: its held-out pairs (test split, 20 % of it by hash).")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=200, help="Held-out pairs used in part 3.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: its default).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", help="Autocast dtype.")
+@machine_options
 def main(**cfg):
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    device, dtype = machine(cfg)
 
     # load
     items = common.cap_items(common.load_benchmarks(cfg["item_paths"], common.load_tasks()).items, cfg["max_items"])
-    if (Path(cfg["model"]) / "config.json").exists():
-        model, tokenizer = common.load_reward_model(cfg["model"], device)
-    else:
-        model, tokenizer = common.new_reward_model(cfg["model"], 0)
-        model = model.to(device).eval()
+    model, tokenizer = bench_model(cfg["model"], device)
     max_length = min(cfg["max_length"], common.context_length(model))
     texts = list(dict.fromkeys(t for item in items for t in item.texts()))
     tokens = sum(len(ids) for ids in common.encode(tokenizer, texts, max_length))

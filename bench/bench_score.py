@@ -21,6 +21,12 @@ import torch
 import common
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the machine options of the scoring benches (bench_ablate.py takes them from here too)
+machine_options = common.options(
+    click.option("--threads", type=click.IntRange(min=0), default=0,
+                 help="CPU threads for torch (0: its default). 1 gives steadier timings on a CPU shared with others."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device."),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", help="Autocast dtype."))
 
 
 @click.command(context_settings={"show_default": True})
@@ -35,25 +41,15 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @click.option("--max-length", type=click.IntRange(min=8), default=512, help="Tokens per transcript (end kept).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3,
               help="Rounds of all loops, interleaved; each loop's best round counts (others share the CPU).")
-@click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="CPU threads for torch (0: its default). 1 gives steadier timings on a CPU shared with others.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", help="Autocast dtype.")
+@machine_options
 def main(**cfg):
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    device, dtype = machine(cfg)
 
     # load
     items = common.load_benchmarks(cfg["item_paths"], common.load_tasks()).items
     step = max(1, len(items) // cfg["max_items"])
     items = items[::step][:cfg["max_items"]]
-    if (Path(cfg["model"]) / "config.json").exists():
-        model, tokenizer = common.load_reward_model(cfg["model"], device)
-    else:
-        model, tokenizer = common.new_reward_model(cfg["model"], 0)
-        model = model.to(device).eval()
+    model, tokenizer = bench_model(cfg["model"], device)
     texts = [text for item in items for text in item.texts()]
     item_tokens = sum(len(ids) for ids in common.encode(tokenizer, texts, cfg["max_length"]))
 
@@ -133,6 +129,22 @@ def naive_loop(model, tokenizer, items, cfg, device, dtype, count, per_item: boo
 
 def flatten(scores):
     return [v for s in scores for v in (*s.chosen, *s.rejected)]
+
+
+def bench_model(name: str, device: torch.device):
+    """A saved RM or local model dir as it is, or a backbone name / hub id with a fresh reward head."""
+    if (Path(name) / "config.json").exists():
+        return common.load_reward_model(name, device)
+    model, tokenizer = common.new_reward_model(name, 0)
+    return model.to(device).eval(), tokenizer
+
+
+def machine(cfg) -> tuple[torch.device, torch.dtype]:
+    """Device, autocast dtype and thread count of a scoring bench (also bench_ablate.py's)."""
+    device = common.resolve_device(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    return device, common.resolve_dtype(cfg["dtype"], device)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,9 @@ def main(**cfg):
     bench.items = common.cap_items(bench.items, cfg["max_items"])
     runs, missing = common.find_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])
     if not runs:
-        raise click.ClickException("\n".join(f"missing RM: {what}; train it with:\n  {command}"
-                                             for what, command in missing.items()))
-    for what, command in missing.items():
-        click.echo(f"missing RM: {what}; train it with:\n  {command}", err=True)
+        raise click.ClickException(common.missing_message(missing))
+    if missing:  # scored without them: retention and calibration say what is skipped
+        click.echo(common.missing_message(missing), err=True)
 
     # run
     scores = {key: score_run(cfg, run, bench.items, device, dtype) for key, run in runs.items()}
