@@ -734,7 +734,7 @@ def missing_message(missing: dict[str, str]) -> str:
     return "\n".join(f"missing RM: {what}; train it with:\n  {command}" for what, command in missing.items())
 
 
-REPORT_STEPS = ("behaviour", "neurons", "ablate", "shared", "conflict")
+REPORT_STEPS = ("train", "behaviour", "neurons", "ablate", "shared", "conflict")
 
 
 def write_report(results_dir: str | os.PathLike, model: str) -> Path:

@@ -109,28 +109,48 @@ done
 SEED_ARGS=$(for s in $SEEDS; do printf -- '--seed %s ' "$s"; done)
 LOGS=results/logs/$MODEL
 mkdir -p "$LOGS"
+# One pipeline at a time per checkout: a second one, or the still-running step of a run_all.sh that was killed
+# alone (its python child holds the lock until it exits), would write the same files.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>results/.run_all.lock
+  if ! flock -n 9; then
+    echo "run_all.sh: another run_all.sh, or a step of one that was killed, is still running in $PWD;" \
+         "wait for it to end (see 'ps -ef | grep experiments/') and start again" >&2
+    exit 1
+  fi
+fi
 STEPS=(train behaviour neurons ablate shared)
 started=$(date +%s)
 
-run_step() {  # run_step INDEX NAME SCRIPT ARGS...: one line per step, its output also in results/logs/<model>/<step>.log
-  local index=$1 name=$2 script=$3
-  shift 3
-  local args=("$@")
-  if [[ " ${FORCE[*]} " == *" $name "* ]]; then args+=(--force); fi
+run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output also in results/logs/<model>/<step>.log
+  local index=$1 name=$2
+  shift 2
+  local command=("$@")
+  if [[ " ${FORCE[*]} " == *" $name "* ]]; then command+=(--force); fi
   local next=${STEPS[$index]:-done}
   echo "== $index/${#STEPS[@]} $name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $LOGS/$name.log"
-  if ! "$PY" "$script" "${args[@]}" 2>&1 | tee "$LOGS/$name.log"; then
+  if ! "${command[@]}" 2>&1 | tee "$LOGS/$name.log"; then
     echo "rm-tension: step '$name' failed; its log is $LOGS/$name.log. Rerun it alone with:" >&2
-    echo "  $PY $script ${args[*]}" >&2
+    echo "  ${command[*]}" >&2
     exit 1
   fi
 }
 
+# Several visible GPUs: training runs under accelerate's DDP, one process per GPU (the analysis steps use one).
+TRAIN=("$PY")
+gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -gt 1 ]; then
+  TRAIN=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes "$gpus")
+  echo "== $gpus GPUs visible: training through accelerate launch on all of them =="
+fi
+
 echo "== preset $PRESET: $MODEL, seeds $SEEDS =="
 # shellcheck disable=SC2086  # the *_ARGS settings are word lists
-run_step 1 train experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS
-run_step 2 behaviour experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS
-run_step 3 neurons experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS
-run_step 4 ablate experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS $ABLATE_ARGS
-run_step 5 shared experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS $SHARED_ARGS
+run_step 1 train "${TRAIN[@]}" experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS
+run_step 2 behaviour "$PY" experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS
+run_step 3 neurons "$PY" experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS
+run_step 4 ablate "$PY" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+  $ABLATE_ARGS
+run_step 5 shared "$PY" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+  $SHARED_ARGS
 echo "== done in $(( $(date +%s) - started )) s: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="

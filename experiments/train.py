@@ -9,6 +9,9 @@
 Writes <runs-dir>/<model>/<objective>/seed<k>/{rm/, train.json}. An interrupted run resumes from its
 last checkpoint (<run>/checkpoint/) when started again with the same options; a checkpoint made with other
 training options is refused (--force deletes it and starts over).
+Then, over every requested RM that is trained, <results-dir>/<model>/train/: heldout.csv/.md (held-out accuracy
+with a 95 % bootstrap interval over the pairs, chance 0.5), fig_loss.png (the loss curves), report_section.md
+and run.json; and <results-dir>/<model>/report.md.
 """
 import contextlib
 import dataclasses
@@ -22,8 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
+import numpy
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from transformers import get_linear_schedule_with_warmup
 
 import common
@@ -46,6 +50,7 @@ import common
 @click.option("--force", is_flag=True,
               help="Retrain even if the RM is already trained; delete a checkpoint made with other training options "
                    "and start over (a checkpoint made with the same options is still resumed).")
+@common.results_option
 def main(**cfg):
     common.check_model(cfg["model"])
     device = common.resolve_device(cfg["device"])
@@ -53,6 +58,8 @@ def main(**cfg):
     for objective in cfg["objective"]:
         for seed in cfg["seed"]:
             train_one(cfg, objective, seed, device, dtype)
+    if PartialState().is_main_process:
+        write_results(cfg, common.step_dir(cfg["results_dir"], cfg["model"], "train"))
 
 
 class BradleyTerry(torch.nn.Module):
@@ -422,6 +429,66 @@ def save_rm(rm, tokenizer, target: Path):
     common.share_permissions(tmp)  # transformers writes the safetensors owner-only (0600)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's training section, from what each train.json records.
+# ---------------------------------------------------------------------------------------------
+def write_results(cfg, out: Path):
+    rows, curves = [], {}
+    for objective in cfg["objective"]:
+        for seed in cfg["seed"]:
+            record = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed) / "train.json"
+            if not record.exists():  # stopped early (--max-steps): nothing to report yet
+                continue
+            metrics = json.loads(record.read_text(encoding="utf-8"))["metrics"]
+            pairs = metrics["eval_pairs"]
+            correct = round(metrics["eval_accuracy"] * pairs)
+            # Each held-out pair is right or wrong, so the pair outcomes are `correct` ones and the rest zeros.
+            low, high = common.bootstrap_mean_ci(numpy.repeat([1.0, 0.0], [correct, pairs - correct]))
+            rows.append({"objective": objective, "seed": seed, "train_pairs": metrics["train_pairs"],
+                         "epochs": metrics["epochs"], "steps": metrics["steps"], "final_loss": metrics["final_loss"],
+                         "eval_pairs": pairs, "accuracy": metrics["eval_accuracy"], "ci_low": low, "ci_high": high,
+                         "train_minutes": metrics["train_seconds"] / 60})
+            curves[objective, seed] = metrics["loss_curve"]
+    if not rows:
+        return
+    common.write_rows(out / "heldout", rows)
+    plot_losses(cfg, curves, out / "fig_loss.png")
+    common.write_text(out / "report_section.md", report_section(rows))
+    common.write_json(out / "run.json", common.run_record(cfg))
+    report = common.write_report(cfg["results_dir"], cfg["model"])
+    click.echo(f"held-out table and loss curves → {out}; report: {report}")
+
+
+def plot_losses(cfg, curves, path):
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for (objective, seed), curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, color=common.RM_COLORS[objective], alpha=0.8,
+                label=f"{objective} RM, seed {seed}")
+    ax.axhline(math.log(2), color="black", linestyle="--", linewidth=1, label="log 2 (an untrained RM)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("Bradley–Terry loss (batch)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{cfg['model']}: training loss")
+    common.save_figure(fig, path)
+
+
+def report_section(rows) -> str:
+    header = ["| RM | seed | train pairs | steps | held-out pairs | accuracy [95 % CI] |",
+              "|---|---:|---:|---:|---:|---|"]
+    table = "\n".join(header + [f"| {r['objective']} | {r['seed']} | {r['train_pairs']} | {r['steps']} | "
+                                 f"{r['eval_pairs']} | {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] |"
+                                 for r in rows])
+    return ("## Training (§2.2)\n\n"
+            "Held-out accuracy of each RM on the held-out HH-RLHF pairs of its own subsets (helpful: the three helpful "
+            "subsets; mixed: all four): the share of pairs whose chosen transcript gets the higher reward (ties are "
+            "wrong), chance 0.5; in brackets "
+            f"{common.BOOTSTRAP_NOTE.replace('items', 'pairs')}. SPEC's reference on 600 harmless-base pairs, "
+            "one epoch: 0.65 (lr 1e-4). Every row is in `train/heldout.csv`.\n\n"
+            f"{table}\n\n![training loss](train/fig_loss.png)\n")
 
 
 if __name__ == "__main__":

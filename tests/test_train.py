@@ -1,4 +1,5 @@
 """Foundation: backbones, reward read-out, HH-RLHF loading and experiments/train.py."""
+import csv
 import gzip
 import hashlib
 import importlib.util
@@ -162,6 +163,12 @@ def test_missing_data_dir_layout_is_explained(tmp_path):
         common.load_hh("harmless", str(tmp_path), "train", "test", 0.2, common.BadRows())
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """train.py's default --results-dir is ./results: keep the tests' training reports out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run_train(*args):
     result = CliRunner().invoke(train.main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -185,6 +192,25 @@ def test_training_lowers_the_loss_and_saves_a_loadable_rm(tmp_path, toy_hh):
     common.load_reward_model(run / "rm", CPU)
     assert (run / "rm" / "weights.sha256").read_text() == common.weights_sha256(run / "rm") + "\n"
     assert "already trained" in run_train(*TRAIN_ARGS, "--data-dir", toy_hh, "--runs-dir", tmp_path / "runs")
+
+
+def test_the_report_gets_held_out_accuracy_with_its_interval_and_the_loss_curves(tmp_path, toy_hh):
+    run_train(*TRAIN_ARGS, "--objective", "helpful", "--data-dir", toy_hh, "--runs-dir", tmp_path / "runs",
+              "--results-dir", tmp_path / "results")
+    out = tmp_path / "results" / "tiny-gpt2" / "train"
+    rows = list(csv.DictReader((out / "heldout.csv").open()))
+    assert [r["objective"] for r in rows] == ["harmless", "helpful"]
+    for row in rows:
+        record = json.loads((tmp_path / "runs/tiny-gpt2" / row["objective"] / "seed0/train.json").read_text())
+        assert float(row["accuracy"]) == record["metrics"]["eval_accuracy"]
+        assert float(row["ci_low"]) <= float(row["accuracy"]) <= float(row["ci_high"])
+    # A binary outcome's bootstrap interval: about ± 1.96 · sqrt(p (1 − p) / n).
+    p, n = float(rows[0]["accuracy"]), int(rows[0]["eval_pairs"])
+    assert float(rows[0]["ci_high"]) - float(rows[0]["ci_low"]) == pytest.approx(2 * 1.96 * (p * (1 - p) / n) ** 0.5,
+                                                                                rel=0.25)
+    assert (out / "fig_loss.png").stat().st_size > 0
+    report = (tmp_path / "results" / "tiny-gpt2" / "report.md").read_text()
+    assert report.index("## Training") < report.index("](train/fig_loss.png)")
 
 
 def test_interrupted_training_resumes_where_it_stopped(tmp_path, toy_hh):

@@ -1,0 +1,175 @@
+"""The whole pipeline through run_all.sh (issue #12): the demo preset in a fresh copy of the repository, a run
+killed with SIGKILL and started again, a changed setting, and --force STEP. These are the suite's longest tests
+(the demo run is a few minutes on 2 CPU cores); they use the virtual environment the suite runs in."""
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(sys.prefix)
+MODEL = "tiny-gpt2"
+DEMO_TAUS = "--tau 2 --tau 5 --tau 10 --tau 20 --tau 30 --tau 100"  # data/presets/demo.env
+# What a checkout holds besides its code: outputs, the venv, build products.
+NOT_CODE = shutil.ignore_patterns(".git", ".venv", ".gpu", "runs", "results", "build", "*.egg-info", "__pycache__",
+                                  ".pytest_cache")
+
+pytestmark = pytest.mark.skipif(not (VENV / ".rmt-installed").exists(),
+                                reason="not running inside the venv that run_all.sh sets up")
+
+
+def start(checkout: Path, *args) -> subprocess.Popen:
+    """run_all.sh in the background; its output goes to a file (a pipe nobody reads would fill and stall it)."""
+    output = (checkout.parent / "run_all.out").open("w")  # each start begins the file anew
+    # A session of its own, so that `kill` reaches the whole pipeline.
+    return subprocess.Popen(["bash", "run_all.sh", *args], cwd=checkout, start_new_session=True, text=True,
+                            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "RMT_VENV": str(VENV)})
+
+
+def kill(process: subprocess.Popen):
+    """SIGKILL run_all.sh, its python step and tee at once, as a crash would."""
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def printed(checkout: Path) -> str:
+    return (checkout.parent / "run_all.out").read_text()
+
+
+def run(checkout: Path, *args) -> str:
+    process = start(checkout, *args)
+    try:
+        process.wait(timeout=900)
+    finally:  # a timeout must not leave the pipeline running behind the test
+        kill(process)
+    assert process.returncode == 0, printed(checkout)
+    return printed(checkout)
+
+
+def kill_when(checkout: Path, process: subprocess.Popen, ready, what: str) -> str:
+    """SIGKILL the whole run the moment `ready()` holds; what it printed until then."""
+    deadline = time.monotonic() + 600
+    try:
+        while not ready():
+            assert process.poll() is None, f"the run ended before {what}:\n{printed(checkout)}"
+            assert time.monotonic() < deadline, f"waited 10 minutes for {what}"
+            time.sleep(0.05)
+    finally:
+        kill(process)
+    return printed(checkout)
+
+
+def tables(checkout: Path) -> dict[str, bytes]:
+    folder = checkout / "results" / MODEL
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.suffix in (".csv", ".md")}
+
+
+def file_times(checkout: Path) -> dict[str, int]:
+    return {str(p.relative_to(checkout)): p.stat().st_mtime_ns for p in (checkout / "runs").rglob("*") if p.is_file()}
+
+
+def leftovers(checkout: Path) -> list[Path]:
+    """Files that an interrupted write leaves: atomic_path's temporaries, checkpoints of finished RMs."""
+    return [p for folder in ("runs", "results") for p in (checkout / folder).rglob("*")
+            if p.name.endswith(".tmp") or p.name.endswith(".old")]
+
+
+def copy_of(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    """The demo preset, run once from a copy of the code with nothing made yet."""
+    checkout = tmp_path_factory.mktemp("demo") / "rm-tension"
+    shutil.copytree(REPO, checkout, ignore=NOT_CODE)
+    return checkout, run(checkout)
+
+
+def test_the_demo_preset_writes_every_step_table_figure_and_the_report(demo):
+    checkout, output = demo
+    for index, step in enumerate(("train", "behaviour", "neurons", "ablate", "shared"), start=1):
+        assert f"== {index}/5 {step} (" in output
+        assert (checkout / "results" / "logs" / MODEL / f"{step}.log").stat().st_size > 0
+    report = (checkout / "results" / MODEL / "report.md").read_text()
+    for section in ("behaviour", "neurons", "ablate", "shared"):
+        assert (checkout / "results" / MODEL / section / "report_section.md").exists()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(figures) >= 6, report  # Figs. 2–7
+    for figure in figures:
+        assert (checkout / "results" / MODEL / figure).stat().st_size > 0, figure
+    assert f"({MODEL}/report.md)" in (checkout / "results" / "report.md").read_text()
+    assert "±" in report  # seeds 0 and 1: mean ± std over seeds
+    assert not leftovers(checkout)
+
+
+def test_a_run_killed_twice_with_sigkill_ends_with_the_tables_of_an_uninterrupted_one(demo, tmp_path):
+    reference, _ = demo
+    checkout = copy_of(reference, tmp_path / "rm-tension")
+    # Seed 1's RMs and every report are gone: the restart redoes them through all five steps.
+    shutil.rmtree(checkout / "results" / MODEL)
+    for objective in ("helpful", "harmless", "mixed"):
+        shutil.rmtree(checkout / "runs" / MODEL / objective / "seed1")
+    seed1 = checkout / "runs" / MODEL / "mixed" / "seed1"
+    kill_when(checkout, start(checkout), lambda: (seed1 / "checkpoint").is_dir(),
+              "a checkpoint of the mixed seed-1 RM")
+    restarted = kill_when(checkout, start(checkout), lambda: any((seed1 / "ablate").glob("*/scores/*.jsonl")),
+                          "the first ablation scores")
+    output = run(checkout)
+
+    # Only the interrupted unit is redone: the RMs finished before the kill are not retrained.
+    assert re.search(r"\[mixed seed 1\] resuming from step [1-9]", restarted), restarted
+    assert restarted.count("already trained") == 5, restarted
+    assert tables(checkout) == tables(reference), output
+    assert not leftovers(checkout)
+
+
+def test_changing_one_setting_redoes_only_what_depends_on_it(demo, tmp_path):
+    checkout = copy_of(demo[0], tmp_path / "rm-tension")
+    before = file_times(checkout)
+    run(checkout, f"ABLATE_ARGS={DEMO_TAUS} --tau 50")  # one τ more: only its ablations are new
+
+    after = file_times(checkout)
+    assert {path: t for path, t in after.items() if path in before} == before  # nothing made before is redone
+    new = set(after) - set(before)
+    assert new and all(re.search(r"/ablate/\w+-\w+-tau50/", path) for path in new), sorted(new)[:5]
+    assert ",50," in (checkout / "results" / MODEL / "ablate" / "sweep.csv").read_text()
+
+
+def test_force_step_redoes_only_that_step(demo, tmp_path):
+    checkout = copy_of(demo[0], tmp_path / "rm-tension")
+    before = file_times(checkout)
+    run(checkout, "--force", "behaviour")
+
+    after = file_times(checkout)
+    assert set(after) == set(before)
+    redone = {path for path in before if after[path] != before[path]}
+    # behaviour.py scores the benchmark items; the held-out pairs (hh-*) in the same folder are ablate.py's.
+    behaviour_scores = {path for path in before if re.search(r"/seed\d/scores/demo-", path)}
+    assert redone == behaviour_scores
+
+
+def test_a_second_run_in_the_same_checkout_is_refused_while_the_first_runs(demo, tmp_path):
+    checkout = copy_of(demo[0], tmp_path / "rm-tension")
+    first = start(checkout, "--force", "train")
+    try:
+        log = checkout / "results" / "logs" / MODEL / "train.log"
+        deadline = time.monotonic() + 120
+        while "train helpful" not in (log.read_text() if log.exists() else ""):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(["bash", "run_all.sh"], cwd=checkout, capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "RMT_VENV": str(VENV)})
+        assert second.returncode == 1 and "another run_all.sh" in second.stderr
+    finally:
+        kill(first)
