@@ -449,8 +449,7 @@ def write_results(cfg, out: Path):
             low, high = common.bootstrap_mean_ci(numpy.repeat([1.0, 0.0], [correct, pairs - correct]))
             rows.append({"objective": objective, "seed": seed, "train_pairs": metrics["train_pairs"],
                          "epochs": metrics["epochs"], "steps": metrics["steps"], "final_loss": metrics["final_loss"],
-                         "eval_pairs": pairs, "accuracy": metrics["eval_accuracy"], "ci_low": low, "ci_high": high,
-                         "train_minutes": metrics["train_seconds"] / 60})
+                         "eval_pairs": pairs, "accuracy": metrics["eval_accuracy"], "ci_low": low, "ci_high": high})
             curves[objective, seed] = metrics["loss_curve"]
     if not rows:
         return
