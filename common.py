@@ -1207,10 +1207,11 @@ SIDES = ("chosen", "rejected")
 ACT_STATS = ("sum", "abs_sum", "sq_sum", "pos_count")
 
 
-def random_generator(objective: str, seed: int) -> torch.Generator:
+def random_generator(objective: str, seed: int, purpose: str = "random") -> torch.Generator:
     """Seeded by the seed and the objective: the same seed must not give every RM type the same random set,
-    or the random baseline would overlap itself 100 % across RMs."""
-    return torch.Generator().manual_seed(pair_hash("random", objective, str(seed)) % 2**63)
+    or the random baseline would overlap itself 100 % across RMs. Another `purpose` (e.g. the neurons sampled to
+    validate the attribution) gets a stream of its own."""
+    return torch.Generator().manual_seed(pair_hash(purpose, objective, str(seed)) % 2**63)
 
 
 def pair_batches(chosen, rejected, batch_size, pad_id):
@@ -1416,6 +1417,13 @@ def training_pairs(objective, data_dir, train_split, eval_split, eval_fraction) 
     return train
 
 
+def scoring_pairs(cfg: dict, objective: str, seed: int) -> list[Pair]:
+    """The pairs an RM of `objective` and `seed` is scored over: its objective's training pairs, subsampled to
+    cfg["max_pairs"] with the seed (the rule train.py draws its training pairs by)."""
+    return subsample(training_pairs(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
+                                    cfg["eval_fraction"]), cfg["max_pairs"], seed)
+
+
 def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence[str], device: torch.device,
                          dtype: torch.dtype) -> dict:
     """Score one RM over its own training pairs and write `<neuron dir>/<method>.h5` for every method whose file
@@ -1441,8 +1449,7 @@ def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence
         return {"objective": objective, "seed": seed, "reused": list(methods)}
 
     # load
-    pairs = subsample(training_pairs(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
-                                     cfg["eval_fraction"]), cfg["max_pairs"], seed)
+    pairs = scoring_pairs(cfg, objective, seed)
     if not pairs:
         raise click.ClickException(f"{tag} no training pairs to score")
     base = None

@@ -5,6 +5,8 @@ Fig. 4, Table 16).
     python experiments/neurons.py --model smollm2-135m-instruct-q4 --objective harmless \\
         --data-dir ../shared/data/hh-rlhf --train-split test --eval-fraction 0.2 --max-pairs 600
     python experiments/neurons.py --model gpt2-medium --seed 0 --seed 1 --seed 2 --max-pairs 2000 --site down_in
+    python experiments/neurons.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256 \\
+        --method attribution --validate-attribution 32 --validate-pairs 16
 
 Scoring data: the training pairs of the RM's own objective (the same split, held-out rule and seeded
 subsample as train.py). Each batch holds the chosen AND the rejected transcript of the same pairs, run in one
@@ -28,7 +30,29 @@ Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/<method>.h5:
 and under <results-dir>/<model>/neurons/ (neurons/down_in/ for that site): layers.csv/.md and fig4_layers.png (share of the top-τ % neurons in
 the early / middle / late third of the layers; layer l is in third floor(3·l / layers)), rmsd.csv/.md
 (Table 16), report_section.md and run.json.
+
+Validation of the attribution (ours, issue #13; --validate-attribution N, default 0 = off): per RM, N single neurons
+(the top N // 2 by |attribution| and the rest drawn without replacement from the others by a torch.Generator seeded
+with the seed and the objective, so the sample spans the range) and the top-k groups by |attribution| for k in 1, 10,
+100 (capped at layers × d_mlp; rank order and ties as rmt_kernels.top_tau). On --validate-pairs P pairs (default 16:
+a subsample of the RM's scoring pairs drawn with the seed), predicted Δm = the attribution (AttributionPass) on
+those pairs, a group's the sum of its members' signed values (the first-order additive estimate), and measured
+Δm = mean over the pairs of the margin with the unit zero-ablated at every token (common.ablation_hooks, same site)
+minus the plain margin: one forward over the P pairs per unit, chosen and rejected in the same batches of
+--batch-size pairs. Needs attribution.h5 (made when missing or stale). Under the same results folder:
+  attribution_validation.csv/.md — one row per RM and unit: objective, seed, kind (single | top-k), k, layer,
+      neuron (singles), rank (1-based, by |attribution|; singles), pairs, predicted, measured, predicted_all_pairs
+      (the .h5's `signed`, the estimate over all scoring pairs).
+  attribution_validation_summary.csv/.md — per RM: pairs, singles, spearman (ρ of predicted vs measured over the
+      singles) with spearman_ci_low / _ci_high (95 % percentile bootstrap over neurons, common.bootstrap_ci),
+      top1_share, top5_share, top10_share (share of the k singles with the largest |measured| among the k largest
+      |predicted|; NaN unless k < singles).
+  fig_attribution_validation.png — predicted vs measured Δm of the singles (symlog axes), identity line.
+  and a paragraph at the end of report_section.md. A run without the validation removes an earlier run's files.
+  Under bf16 autocast (--dtype auto on a GPU) rounding puts a floor under the measured effect of a weak neuron:
+  --dtype float32 measures it cleanly.
 """
+import math
 import sys
 from pathlib import Path
 
@@ -36,12 +60,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
 import h5py
+import numpy
 import torch
 
 import common
 import rmt_kernels as rk
 
 THIRDS = ("early", "middle", "late")
+GROUP_KS = (1, 10, 100)  # top-k groups by |attribution| ablated together (capped at the neuron count)
+SHARE_KS = (1, 5, 10)  # top-k agreement of |predicted| and |measured| among the sampled single neurons
 
 
 @click.command(context_settings={"show_default": True})
@@ -53,15 +80,28 @@ THIRDS = ("early", "middle", "late")
 @common.tau_option(multiple=False)
 @common.compute_options
 @click.option("--force", is_flag=True, help="Rescore even if up-to-date .h5 files exist.")
+@click.option("--validate-attribution", type=click.IntRange(min=0), default=0,
+              help="Check the attribution against real zero-ablation on N single neurons per RM (the top N/2 by "
+                   "|attribution| and N/2 seeded-random others) and on the top-k groups (k = "
+                   f"{', '.join(map(str, GROUP_KS))}); makes attribution.h5 where it is missing. 0 = off.")
+@click.option("--validate-pairs", type=click.IntRange(min=1), default=16,
+              help="Scoring pairs (a seeded subsample) the attribution validation predicts and ablates on.")
 def main(**cfg):
     device, dtype = common.start_analysis(cfg)
     runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any scoring
     out = common.step_dir(cfg["results_dir"], cfg["model"], "neurons")
     out = out if cfg["site"] == "act" else out / cfg["site"]
+    # the validation reads the attribution's file, made with the others where it is missing
+    methods = tuple(dict.fromkeys(cfg["method"] + (("attribution",) if cfg["validate_attribution"] else ())))
 
-    # score (what is missing or stale), then tables from what the files record
-    scored = [common.compute_neuron_files(cfg, objective, seed, cfg["method"], device, dtype) for objective, seed in runs]
-    write_results(cfg, runs, out)
+    # score (what is missing or stale)
+    scored = [common.compute_neuron_files(cfg, objective, seed, methods, device, dtype) for objective, seed in runs]
+    # the attribution's predictions against real ablations (opt-in), then tables from what the files record
+    validated = [row for (objective, seed), run in runs.items()
+                 for row in validate_attribution(cfg, objective, seed, run, device, dtype)] \
+        if cfg["validate_attribution"] else []
+    validation = write_validation(cfg, validated, out)
+    write_results(cfg, runs, out, validation)
     common.write_json(out / "run.json", {**common.run_record({**cfg, "dtype": str(dtype), "device": str(device),
                                                               "backend": rk.backend(device)}), "rms": scored})
     report = common.write_report(cfg["results_dir"], cfg["model"])
@@ -79,8 +119,9 @@ def layer_shares(score, tau):
     return (thirds.double() / len(layer_of)).tolist(), float(score[selected].min())
 
 
-def write_results(cfg, runs, out):
-    """layers.csv/.md + fig4_layers.png (Fig. 4), rmsd.csv/.md (Table 16) and report_section.md."""
+def write_results(cfg, runs, out, validation=""):
+    """layers.csv/.md + fig4_layers.png (Fig. 4), rmsd.csv/.md (Table 16) and report_section.md (ending in the
+    attribution validation's paragraph when it ran)."""
     layer_rows, rmsd_rows, recorded = [], [], {}
     for objective in cfg["objective"]:
         folders = {seed: common.neuron_dir(runs[objective, seed], cfg["site"]) for seed in cfg["seed"]}
@@ -109,7 +150,7 @@ def write_results(cfg, runs, out):
     common.write_rows(out / "layers", layer_rows)
     common.write_rows(out / "rmsd", rmsd_rows)
     plot_layers(layer_rows, cfg, out / "fig4_layers.png")
-    common.write_text(out / "report_section.md", report_section(cfg, layer_rows, rmsd_rows, recorded))
+    common.write_text(out / "report_section.md", report_section(cfg, layer_rows, rmsd_rows, recorded) + validation)
 
 
 def plot_layers(rows, cfg, path):
@@ -137,7 +178,7 @@ def report_section(cfg, layer_rows, rmsd_rows, recorded):
     from the .h5 files, not from the command line."""
     sites = sorted({r["site"] for r in recorded.values()})
     pairs = ", ".join(f"{o} seed {s}: {r['pairs']}" for (o, s), r in recorded.items())
-    figure = "neurons/fig4_layers.png" if cfg["site"] == "act" else f"neurons/{cfg['site']}/fig4_layers.png"
+    figure = f"{report_folder(cfg)}/fig4_layers.png"
     text = [
         "## Neurons: where the objectives live (§4.1, Fig. 4, Table 16)\n",
         f"Neuron site `{', '.join(sites)}`; scored over each RM's own training pairs ({pairs}); top "
@@ -156,6 +197,175 @@ def report_section(cfg, layer_rows, rmsd_rows, recorded):
         text += ["### Chosen vs rejected: RMSD of token-mean activations (Table 16)\n", common.rows_markdown(rmsd_rows),
                  "The paper reports ~1e-3: chosen and rejected transcripts engage nearly the same neurons.\n"]
     return "\n".join(text)
+
+
+def report_folder(cfg) -> str:
+    """This run's results folder relative to results/<model>/, where report.md links from."""
+    return "neurons" if cfg["site"] == "act" else f"neurons/{cfg['site']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of the attribution against real zero-ablation (opt-in, issue #13)
+# ---------------------------------------------------------------------------------------------
+def validation_units(ranked, n, generator):
+    """(kind, k, rank, members [m, 2] of (layer, unit)) of what is ablated, from `ranked` (every neuron by
+    |attribution|, rank order, as rmt_kernels.top_tau gives it): the top n // 2 and a `generator`-drawn sample of the
+    others as single neurons (n at most the neuron count; rank 1-based), then the top-k groups of GROUP_KS."""
+    n = min(n, len(ranked))
+    top = n // 2
+    others = top + torch.randperm(len(ranked) - top, generator=generator)[:n - top].sort().values
+    singles = [("single", 1, int(r) + 1, ranked[r:r + 1]) for r in [*range(top), *others.tolist()]]
+    return singles + [("top-k", k, "", ranked[:k]) for k in sorted({min(k, len(ranked)) for k in GROUP_KS})]
+
+
+@torch.inference_mode()
+def pair_margins(model, batches, device, dtype) -> torch.Tensor:
+    """r(chosen) − r(rejected) of every pair (float64, by pair index), one forward per batch of
+    common.pair_batches (chosen and rejected rows together)."""
+    margins = torch.empty(sum(len(batch) for batch, _, _ in batches), dtype=torch.float64)
+    for batch, input_ids, mask in batches:
+        with common.autocast(device, dtype):
+            reward = common.rewards(model, input_ids, mask).double().cpu()
+        margins[batch] = reward[:len(batch)] - reward[len(batch):]
+    return margins
+
+
+def validate_attribution(cfg, objective, seed, run, device, dtype) -> list[dict]:
+    """Rows of attribution_validation.csv for one RM: per unit of validation_units, the predicted Δm (AttributionPass
+    on the validation pairs; a group's is the sum of its members') and the measured Δm (the same pairs scored with
+    the unit zero-ablated at every token, common.ablation_hooks), both means over those pairs; `predicted_all_pairs`
+    is attribution.h5's `signed` (mean over all scoring pairs)."""
+    # load
+    model, tokenizer = common.load_reward_model(run / "rm", device)
+    score = common.read_neurons(run, "attribution", cfg["site"], model, cfg).score
+    with h5py.File(common.neuron_dir(run, cfg["site"]) / "attribution.h5", "r") as f:
+        recorded = torch.from_numpy(f["signed"][()])
+    pairs = common.subsample(common.scoring_pairs(cfg, objective, seed), cfg["validate_pairs"], seed)
+    max_length = min(cfg["max_length"], common.context_length(model))
+    batches = [(batch, input_ids.to(device), mask.to(device)) for batch, input_ids, mask in common.pair_batches(
+        *common.encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)]
+    units = validation_units(rk.top_tau(score, 100.0)[0].cpu(), cfg["validate_attribution"],
+                             common.random_generator(objective, seed, "validate-attribution"))
+
+    # predict, then measure: one ablated forward over the validation pairs per unit
+    attribution = common.AttributionPass(model, cfg["site"])
+    attribution.run(batches, device, dtype, total=len(batches), desc=f"attribution {objective} (validation pairs)")
+    predicted = attribution.signed().cpu()
+    base = pair_margins(model, batches, device, dtype)
+    rows = []
+    for kind, k, rank, members in common.progress(units, desc=f"ablations {objective} seed {seed}", unit="unit"):
+        selected = torch.zeros(score.shape, dtype=torch.bool)
+        selected[members[:, 0], members[:, 1]] = True
+        with common.ablation_hooks(model, cfg["site"], selected):
+            measured = float((pair_margins(model, batches, device, dtype) - base).mean())
+        layer, unit = members[0].tolist() if kind == "single" else ("", "")
+        rows.append({"objective": objective, "seed": seed, "kind": kind, "k": k, "layer": layer, "neuron": unit,
+                     "rank": rank, "pairs": len(pairs), "predicted": float(predicted[selected].sum()),
+                     "measured": measured, "predicted_all_pairs": float(recorded[selected].sum())})
+    return rows
+
+
+def average_ranks(values) -> numpy.ndarray:
+    """1-based ranks, ties sharing their mean rank."""
+    _, inverse, counts = numpy.unique(numpy.asarray(values, dtype=float), return_inverse=True, return_counts=True)
+    ends = numpy.cumsum(counts)
+    return (ends - (counts - 1) / 2)[inverse]
+
+
+def spearman(x, y) -> float:
+    """Spearman's ρ (Pearson r of the average ranks); NaN when either side is constant."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum()) / norm if norm > 0 else math.nan
+
+
+def top_k_share(predicted, measured, k) -> float:
+    """Share of the k units with the largest |measured| that are among the k with the largest |predicted|."""
+    def top(values):
+        return set(numpy.argsort(-numpy.abs(values), kind="stable")[:k].tolist())
+    return len(top(predicted) & top(measured)) / k
+
+
+def validation_summary(rows) -> list[dict]:
+    """Per RM, over its single neurons: Spearman ρ of predicted vs measured Δm with a 95 % bootstrap interval over
+    neurons, and top-k shares (NaN where k is not below the number of singles)."""
+    summary = []
+    for objective, seed in dict.fromkeys((r["objective"], r["seed"]) for r in rows):
+        singles = [r for r in rows if (r["objective"], r["seed"], r["kind"]) == (objective, seed, "single")]
+        predicted, measured = (numpy.array([r[key] for r in singles]) for key in ("predicted", "measured"))
+        low, high = common.bootstrap_ci(lambda i: spearman(predicted[i], measured[i]), len(singles)) \
+            if len(singles) > 2 else (math.nan, math.nan)
+        summary.append({"objective": objective, "seed": seed, "pairs": singles[0]["pairs"], "singles": len(singles),
+                        "spearman": spearman(predicted, measured), "spearman_ci_low": low, "spearman_ci_high": high,
+                        **{f"top{k}_share": top_k_share(predicted, measured, k) if k < len(singles) else math.nan
+                           for k in SHARE_KS}})
+    return summary
+
+
+def write_validation(cfg, rows, out) -> str:
+    """attribution_validation.{csv,md} (the units), attribution_validation_summary.{csv,md} and
+    fig_attribution_validation.png; returns report_section.md's paragraph. Without rows (the validation did not run)
+    an earlier run's files are removed, and the paragraph is empty."""
+    summary = validation_summary(rows)
+    common.write_rows(out / "attribution_validation", rows, digits=6)
+    common.write_rows(out / "attribution_validation_summary", summary)
+    figure = out / "fig_attribution_validation.png"
+    if not rows:
+        figure.unlink(missing_ok=True)
+        return ""
+    plot_validation(rows, summary, cfg, figure)
+    return validation_section(cfg, rows, summary)
+
+
+def plot_validation(rows, summary, cfg, path):
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    markers = "os^Dv<>p"
+    for i, rm in enumerate(summary):
+        singles = [r for r in rows if (r["objective"], r["seed"], r["kind"]) == (rm["objective"], rm["seed"], "single")]
+        ax.scatter([r["predicted"] for r in singles], [r["measured"] for r in singles], s=18, alpha=0.7,
+                   color=common.RM_COLORS.get(rm["objective"], "black"), marker=markers[i % len(markers)],
+                   label=f"{rm['objective']} seed {rm['seed']} (ρ = {rm['spearman']:.2f})")
+    values = numpy.abs([r[key] for r in rows if r["kind"] == "single" for key in ("predicted", "measured")])
+    values = values[values > 0]
+    limit = 1.3 * float(values.max()) if values.size else 1.0
+    # symlog: the top neurons and the random ones lie orders of magnitude apart; linear within the smallest decile
+    linthresh = float(numpy.percentile(values, 10)) if values.size else 1.0
+    ax.plot([-limit, limit], [-limit, limit], "k--", lw=0.8, label="identity (exact prediction)")
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_xlabel("predicted Δm = −Σ a·∂m/∂a (grad × activation)")
+    ax.set_ylabel("measured Δm (neuron zero-ablated)")
+    ax.legend(fontsize=7, title="RM (Spearman ρ)", title_fontsize=7)
+    ax.set_title(f"{cfg['model']}: attribution vs zero-ablation of single neurons\n(site {cfg['site']}; mean over "
+                 f"{summary[0]['pairs']} pairs; symlog axes)", fontsize=9)
+    common.save_figure(fig, path)
+
+
+def validation_section(cfg, rows, summary) -> str:
+    groups = [{key: r[key] for key in ("objective", "seed", "k", "predicted", "measured", "predicted_all_pairs")}
+              for r in rows if r["kind"] == "top-k"]
+    rhos = [rm["spearman"] for rm in summary if not math.isnan(rm["spearman"])]
+    shown = f"{min(rhos):.2f}" + (f" to {max(rhos):.2f}" if len(rhos) > 1 else "") if rhos else "undefined"
+    return "\n".join([
+        "\n### Does the attribution predict real ablation? (ours, issue #13)\n",
+        f"Per RM, {summary[0]['singles']} single neurons (the top half by |attribution|, the rest seeded-random) and "
+        "the top-k groups: `predicted` Δm = the first-order estimate (grad × activation; a group's is the sum of its "
+        f"members'), `measured` Δm = the margin change when they are zero-ablated at every token, both means over the "
+        f"same {summary[0]['pairs']} validation pairs (a seeded subsample of the scoring pairs); `predicted_all_pairs` "
+        "is the .h5's estimate over all scoring pairs. Spearman ρ over the single neurons with a 95 % bootstrap "
+        f"interval over neurons ({common.BOOTSTRAP_RESAMPLES} resamples); `topk_share`: share of the k singles with "
+        "the largest |measured| that are also among the k largest |predicted|.\n",
+        common.rows_markdown(summary, digits=3),
+        common.rows_markdown(groups),
+        f"![attribution vs zero-ablation]({report_folder(cfg)}/fig_attribution_validation.png)\n",
+        f"Spearman ρ between predicted and measured Δm over the sampled neurons is {shown} across RMs (1: the "
+        "attribution orders neurons exactly as ablating them does); where the top-k rows' `measured` departs from "
+        "`predicted`, the neurons interact or the margin is not linear in them.\n",
+    ])
 
 
 if __name__ == "__main__":
