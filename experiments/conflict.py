@@ -3,41 +3,49 @@ RM (and, as references, in the helpful-only and harmless-only RMs), do the two o
 parameters in opposite directions?
 
     python experiments/conflict.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256
-    python experiments/conflict.py --model tiny-gpt2 --objective mixed --data-dir data/demo/hh-rlhf --max-pairs 6 \\
-        --max-length 48 --tau 20
+    python experiments/conflict.py --model tiny-gpt2 --objective mixed --data-dir data/demo/hh-rlhf --max-pairs 8 \\
+        --batch-size 1 --max-length 48 --tau 20
     python experiments/conflict.py --model smollm2-135m-instruct-q4 --data-dir ../shared/data/hh-rlhf \\
         --train-split test --eval-fraction 0.2 --max-pairs 600
 
 Per RM (--objective, default all three: the mixed RM is the measurement, the single-objective RMs the reference)
-and --seed: g_help = the mean over the helpful training pairs (common.load_hh's training part of objective helpful,
-subsampled to --max-pairs with the run seed, as neurons.py) of the gradient of the Bradley–Terry loss
-−log σ(r(chosen) − r(rejected)); g_harm the same over the harmless training pairs. Gradients are summed over batches
-(one backward of the summed loss per batch) in float64 and divided by the pair count. They are taken with respect
-to each neuron's OWN parameters, from common.ARCHITECTURES (common.neuron_parameters): its input row(s) / column
-(GPT-2 c_fc column j and bias j; Llama gate_proj and up_proj rows j) and its output slice of the down projection
-(GPT-2 c_proj row j; Llama down_proj column j). Per neuron: cosine(g_help_j, g_harm_j) over the concatenation of
-those slices, and both norms.
+and --seed: g_harm = the mean over the harmless training pairs (common.scoring_pairs: the training part of
+objective harmless, subsampled to --max-pairs with the run seed, as neurons.py) of the gradient of the
+Bradley–Terry loss −log σ(r(chosen) − r(rejected)); g_help the same over the helpful training pairs. Gradients are
+summed over batches of --batch-size pairs (one backward of the summed loss per batch) in float64 and divided by the
+pair count. They are taken with respect to each neuron's OWN parameters, from common.ARCHITECTURES
+(common.neuron_parameters): its input row(s) / column (GPT-2 c_fc column j and bias j; Llama gate_proj and up_proj
+rows j) and its output slice of the down projection (GPT-2 c_proj row j; Llama down_proj column j). Per neuron:
+cosine(g_help_j, g_harm_j) over the concatenation of those slices, and both norms.
 
-Sign-flip null: the same cosine with g_harm replaced by the gradient on the harmless pairs with a seeded random half
-(floor(n/2) pairs, random.Random seeded with the seed) of them flipped (chosen and rejected swapped), which has no
-consistent harmless direction left. Rule: a neuron is "clearly conflicting" when its cosine is below the 5th
-percentile of the null cosines of all neurons of the same RM.
+Test (batch sign-flip randomisation, per neuron): the harmless pass comes first, so during the helpful pass each
+helpful batch b = 1..B (B = ⌈helpful pairs / --batch-size⌉) leaves d_bj = ⟨h_bj, g_harm_j / |g_harm_j|⟩, h_bj the
+batch's summed helpful-loss gradient on neuron j's parameters. The observed statistic D_j = Σ_b d_bj has the sign of
+the cosine; its null is Σ_b s_b d_bj with random signs s_b = ±1, the same sign vector for every neuron of a draw
+(all 2^B patterns when B ≤ 12, else --draws seeded draws): symmetric about 0 by construction, whatever the RM's
+margins, under the hypothesis that a helpful batch is as likely to pull along the harmless direction as against
+it. One-sided p_j = #{patterns with null ≤ D_j} / 2^B (exact) or (1 + #{draws with null ≤ D_j}) / (draws + 1).
+No p can fall below 2^−B, so fewer than 5 helpful batches (α = 0.05) are refused before any work. Rule: a neuron
+is "clearly conflicting" when p_j < α = 0.05 and its cosine < 0 (α of the neurons by chance); "conflicting after
+FDR" when Benjamini–Hochberg at q = 0.05 over all neurons of the RM rejects it and its cosine < 0.
 
-Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/conflict.h5: cosine, help_norm, harm_norm, null_cosine
-[layers, d_mlp] float64; attributes null_q05, pairs_helpful, pairs_harmless, flipped, rule, settings (JSON; the
-file is reused while they equal the request, unless --force), config (JSON).
+Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/conflict.h5: cosine, help_norm, harm_norm, p_value
+[layers, d_mlp] and batch_projection [B, layers, d_mlp] (the d_bj), float64 (cosine and p NaN where a norm is 0);
+attributes null, null_description, rule, fdr_rule, alpha, fdr_q, batches, exact, draws (patterns used), p_min,
+pairs_helpful, pairs_harmless, settings (JSON; the file is reused while they equal the request, unless --force),
+config (JSON).
 Under <results-dir>/<model>/conflict/: layers.{csv,md} (per RM and layer: mean, quartiles, share < 0, share clearly
-conflicting), sets.{csv,md} (per RM: shared H∩A, helpful-only H\\A, harmless-only A\\H and rest, H and A the top-τ %
-neurons of the helpful and harmless RMs' <method>.h5 of the same seed, site act; mean cosine with a 95 % bootstrap
-interval over neurons; skipped with the neurons.py command when a file is missing), partitions.{csv,md} (mean
-conflict of each partition in the mixed RM beside its Δ in ../shared/partitions.csv, and their Pearson r over the
-partitions: 3 points, descriptive only), fig_layers.png, fig_sets.png, report_section.md and run.json; then
-<results-dir>/<model>/report.md.
+conflicting and after FDR, chance = α), sets.{csv,md} (per RM: shared H∩A, helpful-only H\\A, harmless-only A\\H
+and rest, H and A the top-τ % neurons of the helpful and harmless RMs' <method>.h5 of the same seed, site act;
+mean cosine with a 95 % bootstrap interval over neurons, the same shares; skipped with the neurons.py command when
+a file is missing), partitions.{csv,md} (mean conflict of each partition in the mixed RM beside its Δ in
+../shared/partitions.csv, and their Pearson r over the partitions: 3 points, descriptive only), fig_layers.png
+(cosines and shares per layer), fig_sets.png (cosine and p-value histograms per set), report_section.md and
+run.json; then <results-dir>/<model>/report.md.
 """
 import csv
 import json
 import math
-import random
 import statistics
 import sys
 import time
@@ -55,8 +63,16 @@ import common
 SETS = ("shared", "helpful-only", "harmless-only", "rest")
 PARTITIONS = ("helpful-only", "harmless-only", "shared")
 GROUPS = ("harmless", "helpful")
-NULL_PERCENTILE = 5.0
-RULE = f"cosine < the {NULL_PERCENTILE:g}th percentile of the sign-flip null's cosines over all neurons of the RM"
+ALPHA = 0.05
+FDR_Q = 0.05
+# 2^12 = 4096 patterns: enumerating them is exact and cheaper than the default draws
+EXACT_MAX_BATCHES = 12
+NULL = "batch-sign-flip-v1"  # in the settings: files made with another null are recomputed
+NULL_DESCRIPTION = ("per neuron, Σ_b s_b·d_bj: the helpful batches' gradients projected on the neuron's unit harmless "
+                    "direction, each times a sign s_b = ±1 that is the same for every neuron of a pattern; all 2^B "
+                    f"patterns when B ≤ {EXACT_MAX_BATCHES}, else seeded random draws; one-sided (conflict = negative)")
+RULE = f"one-sided sign-flip p < {ALPHA:g} and cosine < 0"
+FDR_RULE = f"rejected by Benjamini–Hochberg at q = {FDR_Q:g} over all neurons of the RM, and cosine < 0"
 
 
 @click.command(context_settings={"show_default": True})
@@ -66,6 +82,10 @@ RULE = f"cosine < the {NULL_PERCENTILE:g}th percentile of the sign-flip null's c
 @common.method_option(default=("magnitude",))
 @common.tau_option(multiple=False)
 @common.compute_options
+@click.option("--draws", type=click.IntRange(min=100), default=10_000,
+              help=f"Random sign patterns of the sign-flip test when there are more than {EXACT_MAX_BATCHES} helpful "
+                   "batches (fewer are enumerated exactly). The smallest p is 1/(draws + 1), which bounds what "
+                   "Benjamini–Hochberg over all neurons can find.")
 @click.option("--force", is_flag=True, help="Recompute conflict.h5 even where an up-to-date one exists.")
 def main(**cfg):
     common.check_model(cfg["model"])
@@ -73,6 +93,8 @@ def main(**cfg):
     device = common.resolve_device(cfg["device"])
     dtype = common.resolve_dtype(cfg["dtype"], device)
     runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any work
+    for seed in cfg["seed"]:  # the helpful batches are the test's units: too few can never reach α, so say it now
+        check_batches(len(common.scoring_pairs(cfg, "helpful", seed)), cfg["batch_size"])
     out = common.step_dir(cfg["results_dir"], cfg["model"], "conflict")
 
     computed = [compute_conflict(cfg, objective, seed, run, device, dtype) for (objective, seed), run in runs.items()]
@@ -86,21 +108,49 @@ def main(**cfg):
 # ---------------------------------------------------------------------------------------------
 # Gradients with respect to each neuron's own parameters
 # ---------------------------------------------------------------------------------------------
-def bt_loss(reward: torch.Tensor, n: int, signs: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ over the batch's pairs of −log σ(s · (r(chosen) − r(rejected))), s = +1 (or −1 for a flipped pair)."""
+def bt_loss(reward: torch.Tensor, n: int) -> torch.Tensor:
+    """Σ over the batch's pairs of −log σ(r(chosen) − r(rejected))."""
     margin = reward[:n] - reward[n:]
-    if signs is not None:
-        margin = margin * signs
     return torch.nn.functional.softplus(-margin).sum()
 
 
-def neuron_gradients(model, batches, device, dtype, signs=None, desc="gradients", total=None):
+def neuron_axes(model) -> list[list[int]]:
+    return [[axis for _, axis in layer] for layer in common.neuron_parameters(model)]
+
+
+def neuron_dots(a, b, axes) -> torch.Tensor:
+    """⟨a_j, b_j⟩ [layers, d_mlp] over the concatenation of each neuron j's slices, a and b per layer and parameter
+    as neuron_gradients returns them."""
+    def reduce(x, y, axis):
+        dims = [d for d in range(x.ndim) if d != axis]
+        return (x * y).sum(dim=dims) if dims else x * y  # sum(dim=[]) would sum over everything (a bias)
+
+    return torch.stack([sum(reduce(x, y, axis) for x, y, axis in zip(ga, gb, ax)) for ga, gb, ax in zip(a, b, axes)])
+
+
+def unit_directions(grads, axes):
+    """`grads` with each neuron's concatenated slices scaled to norm 1 (left at 0 where the neuron's norm is 0)."""
+    norms = neuron_dots(grads, grads, axes).sqrt()
+    scale = torch.where(norms > 0, 1 / norms.clamp_min(1e-300), 0.0)
+    return [[x * scale[layer].reshape([-1 if d == axis else 1 for d in range(x.ndim)]) for x, axis in zip(g, ax)]
+            for layer, (g, ax) in enumerate(zip(grads, axes))]
+
+
+def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradients", total=None):
     """Mean over pairs of the Bradley–Terry loss gradient w.r.t. common.neuron_parameters, as float64 tensors per
-    layer in that order, batches as common.pair_batches makes them. With `signs` (±1 per pair, by pair index), also
-    the mean gradient with those pairs flipped, from the same forward. Returns (grads, flipped grads or None, pairs)."""
-    params = [p for layer in common.neuron_parameters(model) for p, _ in layer]
+    layer in that order, batches as common.pair_batches makes them. With `direction` (unit_directions of another
+    objective's gradients), also every batch's SUMMED gradient projected on it per neuron, from the same backward:
+    [batches, layers, d_mlp] float64 on the CPU. Returns (grads, projections or None, pairs)."""
+    layout = common.neuron_parameters(model)
+    params = [p for layer in layout for p, _ in layer]
+    axes = neuron_axes(model)
+
+    def per_layer(flat):
+        flat = iter(flat)
+        return [[next(flat) for _ in layer] for layer in layout]
+
     sums = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in params]
-    null = [torch.zeros_like(s) for s in sums] if signs is not None else None
+    projections = []
     pairs = 0
     model.eval()
     with torch.enable_grad():
@@ -108,41 +158,22 @@ def neuron_gradients(model, batches, device, dtype, signs=None, desc="gradients"
             input_ids, mask = input_ids.to(device), mask.to(device)
             with common.autocast(device, dtype):
                 reward = common.rewards(model, input_ids, mask)
-            n = len(batch)
-            for total, grad in zip(sums, torch.autograd.grad(bt_loss(reward, n), params, retain_graph=null is not None)):
-                total += grad.double()
-            if null is not None:
-                flips = torch.as_tensor([signs[i] for i in batch], dtype=reward.dtype, device=reward.device)
-                for total, grad in zip(null, torch.autograd.grad(bt_loss(reward, n, flips), params)):
-                    total += grad.double()
-            pairs += n
+            grads = [g.double() for g in torch.autograd.grad(bt_loss(reward, len(batch)), params)]
+            for running, grad in zip(sums, grads):
+                running += grad
+            if direction is not None:
+                projections.append(neuron_dots(per_layer(grads), direction, axes))
+            pairs += len(batch)
     if not pairs:
         raise click.ClickException("no pairs to take gradients on")
-
-    def per_layer(flat):
-        flat = iter(t / pairs for t in flat)
-        return [[next(flat) for _ in layer] for layer in common.neuron_parameters(model)]
-    return per_layer(sums), None if null is None else per_layer(null), pairs
-
-
-def neuron_axes(model) -> list[list[int]]:
-    return [[axis for _, axis in layer] for layer in common.neuron_parameters(model)]
+    return per_layer(s / pairs for s in sums), torch.stack(projections).cpu() if projections else None, pairs
 
 
 def per_neuron(a, b, axes):
     """(cosine(a_j, b_j), |a_j|, |b_j|) [layers, d_mlp] over the concatenation of neuron j's slices; cosine NaN where
     a norm is 0."""
-    def reduce(x, y, axis):
-        dims = [d for d in range(x.ndim) if d != axis]
-        return (x * y).sum(dim=dims) if dims else x * y  # sum(dim=[]) would sum over everything (a bias)
-
-    dot, sq_a, sq_b = [], [], []
-    for ga, gb, ax in zip(a, b, axes):
-        dot.append(sum(reduce(x, y, axis) for x, y, axis in zip(ga, gb, ax)))
-        sq_a.append(sum(reduce(x, x, axis) for x, axis in zip(ga, ax)))
-        sq_b.append(sum(reduce(y, y, axis) for y, axis in zip(gb, ax)))
-    dot, norm_a, norm_b = (torch.stack(v).cpu() for v in (dot, sq_a, sq_b))
-    norm_a, norm_b = norm_a.sqrt(), norm_b.sqrt()
+    dot = neuron_dots(a, b, axes).cpu()
+    norm_a, norm_b = (neuron_dots(x, x, axes).sqrt().cpu() for x in (a, b))
     denominator = norm_a * norm_b
     cosine = torch.where(denominator > 0, dot / denominator.clamp_min(1e-300), torch.nan)
     return cosine, norm_a, norm_b
@@ -153,22 +184,101 @@ def neuron_vector(grads, axes, layer: int, unit: int) -> torch.Tensor:
     return torch.cat([g.select(axis, unit).reshape(-1) for g, axis in zip(grads[layer], axes[layer])])
 
 
-def flip_signs(n: int, seed: int) -> list[float]:
-    """−1 for a seeded random half (floor(n/2)) of n pairs, +1 for the rest."""
-    flipped = set(random.Random(common.pair_hash("conflict-null", str(seed)) % 2**63).sample(range(n), n // 2))
-    return [-1.0 if i in flipped else 1.0 for i in range(n)]
+# ---------------------------------------------------------------------------------------------
+# The batch sign-flip test
+# ---------------------------------------------------------------------------------------------
+def min_batches(alpha: float = ALPHA) -> int:
+    """The fewest batches B whose 2^B sign patterns let a p-value fall below alpha (2^−B < α)."""
+    return math.floor(math.log2(1 / alpha)) + 1
 
 
-def objective_pairs(cfg, objective: str, seed: int):
-    return common.subsample(common.training_pairs(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
-                                                  cfg["eval_fraction"]), cfg["max_pairs"], seed)
+def check_batches(pairs: int, batch_size: int, alpha: float = ALPHA) -> int:
+    """The helpful batch count B; a ClickException that says how to get enough batches where no p could fall
+    below α."""
+    batches = math.ceil(pairs / batch_size)
+    need = min_batches(alpha)
+    if batches >= need:
+        return batches
+    fix = (f"--batch-size {(pairs - 1) // (need - 1)} or less" if pairs >= need
+           else f"--max-pairs {need} or more (and enough helpful training pairs) at --batch-size 1")
+    raise click.ClickException(
+        f"the sign-flip test's units are the helpful batches, and {pairs} helpful pairs at --batch-size {batch_size} "
+        f"make only {batches}: 2^{batches} = {2 ** batches} sign patterns, so no p-value can fall below "
+        f"{2.0 ** -batches:.3g} (≥ α = {alpha:g}) and no neuron could ever count as clearly conflicting. "
+        f"It needs {need} batches or more: use {fix}.")
 
 
-def conflict_settings(cfg, run: Path, max_length: int, dtype) -> dict:
+def sign_patterns(batches: int, draws: int, generator: torch.Generator) -> tuple[numpy.ndarray, bool]:
+    """([patterns, batches] float64 ±1 sign vectors, exact): all 2^B patterns when B ≤ EXACT_MAX_BATCHES (exact),
+    else `draws` independent uniform ones from `generator`."""
+    if batches <= EXACT_MAX_BATCHES:
+        bits = (numpy.arange(2 ** batches)[:, None] >> numpy.arange(batches)) & 1
+        return 2.0 * bits - 1, True
+    bits = torch.randint(0, 2, (draws, batches), generator=generator).numpy()
+    return 2.0 * bits - 1, False
+
+
+def null_sums(projections: numpy.ndarray, signs: numpy.ndarray) -> numpy.ndarray:
+    """Σ_b s_b d_b [patterns, ...] of projections [batches, ...]: the null statistic of every neuron under every
+    pattern (the same pattern for all neurons, so their null values stay comparable)."""
+    d = numpy.asarray(projections, dtype=numpy.float64)
+    return (signs @ d.reshape(len(d), -1)).reshape(len(signs), *d.shape[1:])
+
+
+def sign_flip_p_values(projections: numpy.ndarray, signs: numpy.ndarray, exact: bool,
+                       chunk_bytes: int = 2 ** 26) -> numpy.ndarray:
+    """One-sided p of D = Σ_b d_b against the null sums: #{patterns ≤ D} / 2^B when `signs` are all patterns (the
+    identity is one of them), else (1 + #{draws ≤ D}) / (draws + 1). A null sum within 1e-9 · Σ_b |d_b| of D counts
+    as ≤ D: the identity pattern's sum is D only up to rounding. The null sums are made `chunk_bytes` at a time
+    (10,000 patterns × 46k neurons would be 3.7 GB)."""
+    d = numpy.asarray(projections, dtype=numpy.float64)
+    flat = d.reshape(len(d), -1)
+    limit = flat.sum(0) + 1e-9 * numpy.abs(flat).sum(0)
+    count = numpy.zeros(flat.shape[1], dtype=numpy.int64)
+    rows = max(1, chunk_bytes // (8 * max(1, flat.shape[1])))
+    for start in range(0, len(signs), rows):
+        count += (null_sums(flat, signs[start:start + rows]) <= limit).sum(0)
+    p = count / len(signs) if exact else (count + 1) / (len(signs) + 1)
+    return p.reshape(d.shape[1:])
+
+
+def sign_flip_test(projections: numpy.ndarray, draws: int,
+                   generator: torch.Generator) -> tuple[numpy.ndarray, bool, int]:
+    """(p-values [...] of projections [batches, ...], exact, patterns used): the whole test, as compute_conflict
+    runs it."""
+    signs, exact = sign_patterns(len(projections), draws, generator)
+    return sign_flip_p_values(projections, signs, exact), exact, len(signs)
+
+
+def smallest_p(patterns: int, exact: bool) -> float:
+    return 1 / patterns if exact else 1 / (patterns + 1)
+
+
+def benjamini_hochberg(p: numpy.ndarray, q: float = FDR_Q) -> numpy.ndarray:
+    """Bool mask (p's shape) of the p-values Benjamini–Hochberg rejects at false discovery rate q: the k smallest,
+    k the largest rank with p_(k) ≤ k q / m. NaN (no test) is neither rejected nor counted in m."""
+    flat = numpy.asarray(p, dtype=numpy.float64).ravel()
+    tested = numpy.flatnonzero(~numpy.isnan(flat))
+    rejected = numpy.zeros(flat.shape, dtype=bool)
+    order = tested[numpy.argsort(flat[tested], kind="stable")]
+    below = numpy.flatnonzero(flat[order] <= q * numpy.arange(1, len(order) + 1) / max(1, len(order)))
+    if below.size:
+        rejected[order[:below[-1] + 1]] = True  # ties at p_(k) all pass too: the threshold only grows with the rank
+    return rejected.reshape(numpy.shape(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# One RM's conflict.h5
+# ---------------------------------------------------------------------------------------------
+def conflict_settings(cfg, run: Path, max_length: int, dtype, batches: int) -> dict:
     data_dir = None if cfg["data_dir"] is None else str(Path(cfg["data_dir"]).resolve())
     return {"model": cfg["model"], "rm_weights": common.rm_fingerprint(run / "rm"), "data_dir": data_dir,
             "train_split": cfg["train_split"], "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"],
-            "max_pairs": cfg["max_pairs"], "max_length": max_length, "dtype": str(dtype), "null": "flip-half-v1"}
+            "max_pairs": cfg["max_pairs"], "max_length": max_length, "dtype": str(dtype),
+            # the batches are the test's units, so the batch size shapes the p-values; the draws only matter
+            # where the patterns are sampled
+            "batch_size": cfg["batch_size"], "draws": "exact" if batches <= EXACT_MAX_BATCHES else cfg["draws"],
+            "null": NULL}
 
 
 def conflict_path(run: Path) -> Path:
@@ -180,7 +290,8 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
     tag = f"[{objective} seed {seed}]"
     model, tokenizer = common.load_reward_model(run / "rm", device)
     max_length = min(cfg["max_length"], common.context_length(model))
-    settings = conflict_settings(cfg, run, max_length, dtype)
+    helpful_batches = math.ceil(len(common.scoring_pairs(cfg, "helpful", seed)) / cfg["batch_size"])
+    settings = conflict_settings(cfg, run, max_length, dtype, helpful_batches)
     path = conflict_path(run)
     differs = "" if not path.exists() else common.settings_difference(common.stored_settings(path), settings)
     if path.exists() and not differs and not cfg["force"]:
@@ -189,59 +300,71 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
     if differs:
         click.echo(f"{tag} {path} was made with {differs}: recomputing", err=True)
 
-    started = time.perf_counter()
-    mean, pairs = {}, {}
-    null = None
-    for name in ("helpful", "harmless"):
-        chosen_rejected = objective_pairs(cfg, name, seed)
+    def gradients(name, direction=None):
+        chosen_rejected = common.scoring_pairs(cfg, name, seed)
         if not chosen_rejected:
             raise click.ClickException(f"{tag} no {name} training pairs")
-        signs = flip_signs(len(chosen_rejected), seed) if name == "harmless" else None
         batches = common.pair_batches(*common.encode_pairs(tokenizer, chosen_rejected, max_length), cfg["batch_size"],
                                       tokenizer.pad_token_id)
-        mean[name], flipped, pairs[name] = neuron_gradients(model, batches, device, dtype, signs,
-                                                            desc=f"{name} gradients in {objective}",
-                                                            total=math.ceil(len(chosen_rejected) / cfg["batch_size"]))
-        null = flipped if flipped is not None else null
+        return neuron_gradients(model, batches, device, dtype, direction, desc=f"{name} gradients in {objective}",
+                                total=math.ceil(len(chosen_rejected) / cfg["batch_size"]))
+
+    started = time.perf_counter()
     axes = neuron_axes(model)
-    cosine, help_norm, harm_norm = per_neuron(mean["helpful"], mean["harmless"], axes)
-    null_cosine = per_neuron(mean["helpful"], null, axes)[0]
-    null_q05 = float(numpy.nanpercentile(null_cosine.numpy(), NULL_PERCENTILE))
+    # harmless first: the helpful pass projects each batch on its direction, so no pass is needed twice
+    harmless, _, pairs_harmless = gradients("harmless")
+    helpful, projections, pairs_helpful = gradients("helpful", unit_directions(harmless, axes))
+    cosine, help_norm, harm_norm = per_neuron(helpful, harmless, axes)
+    del helpful, harmless
+    p_value, exact, patterns = sign_flip_test(projections.numpy(), cfg["draws"],
+                                              common.random_generator(objective, seed, "conflict-sign-flip"))
+    p_value[numpy.isnan(cosine.numpy())] = math.nan  # a zero gradient is no test (its p would read 1)
     seconds = time.perf_counter() - started
 
     with common.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for name, value in (("cosine", cosine), ("help_norm", help_norm), ("harm_norm", harm_norm),
-                            ("null_cosine", null_cosine)):
-            f.create_dataset(name, data=value.numpy())
-        f.attrs.update({"model": cfg["model"], "objective": objective, "seed": seed, "null_q05": null_q05,
-                        "pairs_helpful": pairs["helpful"], "pairs_harmless": pairs["harmless"],
-                        "flipped": pairs["harmless"] // 2, "rule": RULE, "layers": cosine.shape[0],
-                        "d_mlp": cosine.shape[1], "settings": json.dumps(settings),
+        for name, value in (("cosine", cosine.numpy()), ("help_norm", help_norm.numpy()),
+                            ("harm_norm", harm_norm.numpy()), ("p_value", p_value),
+                            ("batch_projection", projections.numpy())):
+            f.create_dataset(name, data=value)
+        f.attrs.update({"model": cfg["model"], "objective": objective, "seed": seed, "null": NULL,
+                        "null_description": NULL_DESCRIPTION, "rule": RULE, "fdr_rule": FDR_RULE, "alpha": ALPHA,
+                        "fdr_q": FDR_Q, "batches": len(projections), "exact": exact, "draws": patterns,
+                        "p_min": smallest_p(patterns, exact), "pairs_helpful": pairs_helpful,
+                        "pairs_harmless": pairs_harmless, "layers": cosine.shape[0], "d_mlp": cosine.shape[1],
+                        "settings": json.dumps(settings),
                         "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)})
-    click.echo(f"{tag} conflict from {pairs['helpful']} helpful + {pairs['harmless']} harmless pairs in "
-               f"{seconds:.1f} s → {path}", err=True)
-    return {"objective": objective, "seed": seed, "pairs_helpful": pairs["helpful"],
-            "pairs_harmless": pairs["harmless"], "seconds": round(seconds, 2)}
+    click.echo(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
+               f"harmless pairs in {seconds:.1f} s → {path}", err=True)
+    return {"objective": objective, "seed": seed, "pairs_helpful": pairs_helpful, "pairs_harmless": pairs_harmless,
+            "batches": len(projections), "exact": exact, "seconds": round(seconds, 2)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Tables, figures and the report section, from the conflict.h5 files
 # ---------------------------------------------------------------------------------------------
 def read_conflict(run: Path) -> dict:
+    """The file's per-neuron arrays and test attributes, with the masks `conflicting` (RULE) and `fdr` (FDR_RULE)."""
     with h5py.File(conflict_path(run), "r") as f:
-        data = {name: f[name][()] for name in ("cosine", "help_norm", "harm_norm", "null_cosine")}
-        data.update({k: f.attrs[k] for k in ("null_q05", "pairs_helpful", "pairs_harmless")})
+        data = {name: f[name][()] for name in ("cosine", "help_norm", "harm_norm", "p_value")}
+        data.update({k: f.attrs[k] for k in ("pairs_helpful", "pairs_harmless", "batches", "exact", "draws", "p_min")})
+    negative = data["cosine"] < 0  # p < α already implies D < 0, which has the cosine's sign: this guards rounding
+    data["conflicting"] = (data["p_value"] < ALPHA) & negative
+    data["fdr"] = benjamini_hochberg(data["p_value"], FDR_Q) & negative
     return data
 
 
-def distribution(values: numpy.ndarray, q05: float) -> dict:
-    v = values[~numpy.isnan(values)]
+def distribution(cosine: numpy.ndarray, conflicting: numpy.ndarray, fdr: numpy.ndarray) -> dict:
+    """Summary of the cosines of some neurons (those with one) and the shares of them the two rules flag."""
+    tested = ~numpy.isnan(cosine)
+    v = cosine[tested]
     if not v.size:
         return {"neurons": 0, "mean": math.nan, "q25": math.nan, "median": math.nan, "q75": math.nan,
-                "share_negative": math.nan, "share_conflicting": math.nan}
+                "share_negative": math.nan, "share_conflicting": math.nan, "share_fdr": math.nan, "chance": ALPHA}
     q25, median, q75 = numpy.percentile(v, [25, 50, 75])
     return {"neurons": int(v.size), "mean": float(v.mean()), "q25": float(q25), "median": float(median),
-            "q75": float(q75), "share_negative": float((v < 0).mean()), "share_conflicting": float((v < q05).mean())}
+            "q75": float(q75), "share_negative": float((v < 0).mean()),
+            "share_conflicting": float(conflicting[tested].mean()), "share_fdr": float(fdr[tested].mean()),
+            "chance": ALPHA}
 
 
 def neuron_sets(cfg, runs, seed, method) -> tuple[dict[str, numpy.ndarray] | None, str]:
@@ -292,12 +415,11 @@ def write_results(cfg, runs, out: Path) -> list[str]:
     notes = []
     layer_rows = []
     for (objective, seed), d in data.items():
-        cos = d["cosine"]
-        for layer in range(cos.shape[0]):
+        for layer in range(d["cosine"].shape[0]):
             layer_rows.append({"seed": seed, "objective": objective, "layer": layer,
-                               **distribution(cos[layer], d["null_q05"]), "null_q05": d["null_q05"]})
+                               **distribution(*(d[k][layer] for k in ("cosine", "conflicting", "fdr")))})
         layer_rows.append({"seed": seed, "objective": objective, "layer": "all",
-                           **distribution(cos.ravel(), d["null_q05"]), "null_q05": d["null_q05"]})
+                           **distribution(*(d[k].ravel() for k in ("cosine", "conflicting", "fdr")))})
     common.write_rows(out / "layers", layer_rows, 3)
 
     set_rows, partition_rows, correlation_rows, sets_for_plot = [], [], [], {}
@@ -311,19 +433,20 @@ def write_results(cfg, runs, out: Path) -> list[str]:
             for objective in cfg["objective"]:
                 d = data[objective, seed]
                 for name in SETS:
-                    values = d["cosine"][sets[name]]
-                    values = values[~numpy.isnan(values)]
+                    tested = sets[name] & ~numpy.isnan(d["cosine"])
+                    values = d["cosine"][tested]
                     low, high = common.bootstrap_mean_ci(values)
+                    share = {k: float(d[k][tested].mean()) if values.size else math.nan
+                             for k in ("conflicting", "fdr")}
                     set_rows.append({"seed": seed, "objective": objective, "method": method, "tau": cfg["tau"],
                                      "set": name, "neurons": int(values.size),
                                      "mean_cosine": float(values.mean()) if values.size else math.nan,
                                      "ci_low": low, "ci_high": high,
                                      "share_negative": float((values < 0).mean()) if values.size else math.nan,
-                                     "share_conflicting": float((values < d["null_q05"]).mean()) if values.size
-                                     else math.nan})
+                                     "share_conflicting": share["conflicting"], "share_fdr": share["fdr"]})
                     if (objective, seed, method) == (plot_rm, cfg["seed"][0], cfg["method"][0]):
-                        sets_for_plot[name] = values
-                        sets_for_plot["_rm"], sets_for_plot["_q05"] = objective, d["null_q05"]
+                        sets_for_plot[name] = (values, d["p_value"][tested])
+                        sets_for_plot["_rm"] = objective
             if ("mixed", seed) not in data:
                 continue
             deltas = group_deltas(cfg, seed, method)
@@ -346,77 +469,108 @@ def write_results(cfg, runs, out: Path) -> list[str]:
     common.write_rows(out / "sets", set_rows, 3)
     common.write_rows(out / "partitions", partition_rows, 3)
     common.write_rows(out / "partition_correlation", correlation_rows, 3)
-    plot_layers(cfg, data, out / "fig_layers.png")
+    plot_layers(cfg, data, layer_rows, out / "fig_layers.png")
     plot_sets(cfg, data, sets_for_plot, out / "fig_sets.png")
     common.write_text(out / "report_section.md", report_section(cfg, data, layer_rows, set_rows, partition_rows,
                                                                 correlation_rows, notes))
     return notes
 
 
-def plot_layers(cfg, data, path):
-    """Per-layer boxplots of the cosines, one panel per RM (first seed), the null's 5th percentile dashed."""
+def plot_layers(cfg, data, layer_rows, path):
+    """A column per RM (first seed): the cosines per layer as boxplots above, and below the share of each layer's
+    neurons that is clearly conflicting (bars) and conflicting after FDR (dots), against α, the share expected by
+    chance."""
     plt = common.pyplot()
     seed = cfg["seed"][0]
     objectives = [o for o in cfg["objective"] if (o, seed) in data]
-    fig, axes = plt.subplots(1, len(objectives), figsize=(4.2 * len(objectives), 3.6), sharey=True, squeeze=False)
-    for ax, objective in zip(axes[0], objectives):
-        d = data[objective, seed]
-        columns = [row[~numpy.isnan(row)] for row in d["cosine"]]
-        box = ax.boxplot(columns, positions=range(len(columns)), patch_artist=True, showfliers=False)
+    fig, axes = plt.subplots(2, len(objectives), figsize=(4.2 * len(objectives), 6.4), sharex="col", sharey="row",
+                             squeeze=False)
+    for column, objective in enumerate(objectives):
+        top, bottom = axes[0][column], axes[1][column]
+        columns = [row[~numpy.isnan(row)] for row in data[objective, seed]["cosine"]]
+        box = top.boxplot(columns, positions=range(len(columns)), patch_artist=True, showfliers=False)
         for patch in box["boxes"]:
             patch.set_facecolor(common.RM_COLORS[objective])
             patch.set_alpha(0.5)
-        null = ax.axhline(d["null_q05"], color="black", linestyle="--", linewidth=1)
-        ax.axhline(0, color="gray", linewidth=0.5)
-        ax.set_xlabel("layer")
-        ax.set_title(f"{objective} RM")
-        ax.legend([box["boxes"][0], null], [f"{objective} RM neurons", f"null 5th pct. {d['null_q05']:.2f}"],
-                  fontsize=7, loc="best")
+        top.axhline(0, color="gray", linewidth=0.5)
+        top.set_title(f"{objective} RM")
+        rows = [r for r in layer_rows if (r["seed"], r["objective"]) == (seed, objective) and r["layer"] != "all"]
+        layers = [r["layer"] for r in rows]
+        bottom.bar(layers, [r["share_conflicting"] for r in rows], color=common.RM_COLORS[objective], alpha=0.7,
+                   label=f"p < {ALPHA:g}, cos < 0")
+        bottom.plot(layers, [r["share_fdr"] for r in rows], "k.", label=f"after BH, q = {FDR_Q:g}")
+        bottom.axhline(ALPHA, color="black", linestyle="--", linewidth=1, label=f"chance (α = {ALPHA:g})")
+        bottom.set_xlabel("layer")
+        bottom.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("cos(g_help, g_harm) per neuron")
+    axes[1][0].set_ylabel("share of the layer's neurons")
     fig.suptitle(f"{cfg['model']} seed {seed}: per-neuron gradient conflict by layer")
     common.save_figure(fig, path)
 
 
 def plot_sets(cfg, data, sets_for_plot, path):
-    """Cosine histograms per neuron set (or of all neurons when the sets are missing), the null's q05 marked."""
+    """A column per neuron set (or all neurons when the sets are missing): the cosine histogram with its clearly
+    conflicting neurons dark, and the p-value histogram beside the flat level of a set without consistent conflict
+    (exact p-values lie on a grid of 1/2^B, so the bars are lumpy for few batches)."""
     plt = common.pyplot()
     if sets_for_plot:
-        rm, q05 = sets_for_plot["_rm"], sets_for_plot["_q05"]
+        rm = sets_for_plot["_rm"]
         groups = {name: sets_for_plot[name] for name in SETS}
         title = f"top {cfg['tau']:g} % by {cfg['method'][0]}"
     else:
         seed = cfg["seed"][0]
         rm = "mixed" if ("mixed", seed) in data else cfg["objective"][0]
         d = data[rm, seed]
-        q05 = d["null_q05"]
-        groups = {"all neurons": d["cosine"][~numpy.isnan(d["cosine"])]}
+        tested = ~numpy.isnan(d["cosine"])
+        groups = {"all neurons": (d["cosine"][tested], d["p_value"][tested])}
         title = "neuron sets unavailable"
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.3 * len(groups), 3.2), sharex=True, squeeze=False)
-    bins = numpy.linspace(-1, 1, 41)
-    for ax, (name, values) in zip(axes[0], groups.items()):
-        ax.hist(values, bins=bins, color=common.RM_COLORS[rm], alpha=0.7, label=f"{name} (n={len(values)})")
-        ax.axvline(q05, color="black", linestyle="--", linewidth=1, label=f"null 5th pct. {q05:.2f}")
-        ax.set_xlabel("cos(g_help, g_harm)")
-        ax.set_title(name)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(2, len(groups), figsize=(3.3 * len(groups), 6.0), sharex="row", squeeze=False)
+    cosine_bins, p_bins = numpy.linspace(-1, 1, 41), numpy.linspace(0, 1, 21)
+    for column, (name, (cosine, p)) in enumerate(groups.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        conflicting = (p < ALPHA) & (cosine < 0)
+        share = f"{conflicting.mean():.1%}" if cosine.size else "–"
+        top.hist(cosine, bins=cosine_bins, color=common.RM_COLORS[rm], alpha=0.4, label=f"{name} (n={cosine.size})")
+        top.hist(cosine[conflicting], bins=cosine_bins, color=common.RM_COLORS[rm],
+                 label=f"p < {ALPHA:g}, cos < 0: {share} (chance {ALPHA:.0%})")
+        top.set_xlabel("cos(g_help, g_harm)")
+        top.set_title(name)
+        top.legend(fontsize=7)
+        bottom.hist(p, bins=p_bins, color=common.RM_COLORS[rm], alpha=0.7)
+        bottom.axhline(p.size / (len(p_bins) - 1), color="black", linestyle="--", linewidth=1,
+                       label="no consistent conflict (uniform)")
+        bottom.axvline(ALPHA, color="gray", linewidth=0.8, label=f"α = {ALPHA:g}")
+        bottom.set_xlabel("one-sided sign-flip p")
+        bottom.legend(fontsize=7)
     axes[0][0].set_ylabel("neurons")
+    axes[1][0].set_ylabel("neurons")
     fig.suptitle(f"{cfg['model']}, {rm} RM seed {cfg['seed'][0]}: conflict per neuron set ({title})")
     common.save_figure(fig, path)
 
 
 def report_section(cfg, data, layer_rows, set_rows, partition_rows, correlation_rows, notes):
-    pairs = ", ".join(f"{o} seed {s}: {int(d['pairs_helpful'])} helpful + {int(d['pairs_harmless'])} harmless"
-                      for (o, s), d in data.items())
+    pairs = ", ".join(f"{o} seed {s}: {int(d['pairs_helpful'])} helpful in {int(d['batches'])} batches + "
+                      f"{int(d['pairs_harmless'])} harmless" for (o, s), d in data.items())
+    resolutions = {}  # the same for every RM of a run, as a rule: said once
+    for (objective, seed), d in data.items():
+        tested = int((~numpy.isnan(d["p_value"])).sum())
+        how = f"all {int(d['draws'])} patterns" if d["exact"] else f"{int(d['draws'])} random patterns"
+        # BH's k-th threshold is k q / m and no p is below p_min: it flags nothing unless m p_min / q neurons reach it
+        resolutions.setdefault(f"{how}, smallest p {float(d['p_min']):.2g}, so BH can flag neurons only when at "
+                               f"least {math.ceil(tested * float(d['p_min']) / FDR_Q)} of the {tested} reach it",
+                               []).append(f"{objective} seed {seed}")
     overall = [r for r in layer_rows if r["layer"] == "all"]
     text = [
         "## Gradient conflict between the objectives (ours, SPEC §3)\n",
         "Per neuron, the cosine between the mean gradients of the helpful and of the harmless Bradley–Terry loss "
         "with respect to the neuron's own parameters (input row(s) and bias, output slice of the down projection); "
-        f"pairs: {pairs}. Null: the harmless gradient with a seeded random half of its pairs flipped. Clearly "
-        f"conflicting: {RULE}. The mixed RM is the measurement; the single-objective RMs are references. Caveat: "
-        "the flipped-half null is centred on 0 only where the RM's margins m on the harmless pairs are near 0; a "
-        "trained RM weights a flipped pair's gradient by σ(m) and a kept one's by σ(−m), so its null leans towards "
-        "the anti-harmless direction and its 5th percentile can lie far below 0 (see `null_q05`).\n",
+        f"pairs: {pairs}. Test: each helpful batch's gradient is projected on the neuron's unit harmless direction, "
+        "and the sum of those projections (the sign of the cosine) is compared with its sign-flip randomisation "
+        "distribution (every batch's projection times a random ±1, the same signs for all neurons), which is "
+        f"centred on 0 whatever the RM; one-sided p. Clearly conflicting (`share_conflicting`): {RULE}; by chance "
+        f"a share α = {ALPHA:g} (`chance`). `share_fdr`: {FDR_RULE}. "
+        + "; ".join(f"{', '.join(rms)}: {line}" for line, rms in resolutions.items())
+        + ". The mixed RM is the measurement; the single-objective RMs are references.\n",
         "### All neurons, per RM\n",
         common.rows_markdown(overall, 3),
         "Per layer: `conflict/layers.csv`.\n",
