@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The two commands of the README:
-#   bash run_all.sh         set up (first time), then all five steps on the embedded offline demo
+#   bash run_all.sh         set up (first time), then all six steps on the embedded offline demo
 #   bash run_all.sh test    set up (first time), then the test suite
 # Presets and overrides:    bash run_all.sh [--preset demo|small|paper] [--force STEP]... [KEY=VALUE]...
 #   a preset is data/presets/<name>.env; environment variables and KEY=VALUE arguments override its settings,
 #   e.g.  bash run_all.sh --preset small SEEDS="0 1" ABLATE_ARGS="--tau 10"
-#   --force STEP (train, behaviour, neurons, ablate, shared) redoes that step's work even where it is done.
+#   --force STEP (train, behaviour, neurons, ablate, shared, conflict) redoes that step's work even where it is done.
 # Every step skips what is already done with the same settings, so an interrupted run continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -103,7 +103,7 @@ while IFS= read -r line; do
 done < "$preset_file"
 for assignment in "${OVERRIDES[@]}"; do eval "${assignment%%=*}=\"\${assignment#*=}\""; done
 for step in "${FORCE[@]}"; do
-  case "$step" in train|behaviour|neurons|ablate|shared) ;; *) echo "run_all.sh: --force $step: no such step" >&2; exit 2 ;; esac
+  case "$step" in train|behaviour|neurons|ablate|shared|conflict) ;; *) echo "run_all.sh: --force $step: no such step" >&2; exit 2 ;; esac
 done
 
 SEED_ARGS=$(for s in $SEEDS; do printf -- '--seed %s ' "$s"; done)
@@ -119,7 +119,7 @@ if command -v flock >/dev/null 2>&1; then
     exit 1
   fi
 fi
-STEPS=(train behaviour neurons ablate shared)
+STEPS=(train behaviour neurons ablate shared conflict)
 started=$(date +%s)
 
 run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output also in results/logs/<model>/<step>.log
@@ -153,4 +153,5 @@ run_step 4 ablate "$PY" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMO
   $ABLATE_ARGS
 run_step 5 shared "$PY" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
   $SHARED_ARGS
+run_step 6 conflict "$PY" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $CONFLICT_ARGS
 echo "== done in $(( $(date +%s) - started )) s: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="

@@ -118,14 +118,14 @@ def demo(tmp_path_factory) -> tuple[Path, str]:
 
 def test_the_demo_preset_writes_every_step_table_figure_and_the_report(demo):
     checkout, output = demo
-    for index, step in enumerate(("train", "behaviour", "neurons", "ablate", "shared"), start=1):
-        assert f"== {index}/5 {step} (" in output
+    for index, step in enumerate(("train", "behaviour", "neurons", "ablate", "shared", "conflict"), start=1):
+        assert f"== {index}/6 {step} (" in output
         assert (checkout / "results" / "logs" / MODEL / f"{step}.log").stat().st_size > 0
     report = (checkout / "results" / MODEL / "report.md").read_text()
-    for section in ("train", "behaviour", "neurons", "ablate", "shared"):
+    for section in ("train", "behaviour", "neurons", "ablate", "shared", "conflict"):
         assert (checkout / "results" / MODEL / section / "report_section.md").exists()
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(figures) >= 7, report  # the loss curves, Figs. 2–7
+    assert len(figures) >= 9, report  # the loss curves, Figs. 2–7, the conflict figures
     for figure in figures:
         assert (checkout / "results" / MODEL / figure).stat().st_size > 0, figure
     assert f"({MODEL}/report.md)" in (checkout / "results" / "report.md").read_text()
@@ -136,7 +136,7 @@ def test_the_demo_preset_writes_every_step_table_figure_and_the_report(demo):
 def test_a_run_killed_twice_with_sigkill_ends_with_the_tables_of_an_uninterrupted_one(demo, tmp_path):
     reference, _ = demo
     checkout = copy_of(reference, tmp_path / "rm-tension")
-    # Seed 1's RMs and every report are gone: the restart redoes them through all five steps.
+    # Seed 1's RMs and every report are gone: the restart redoes them through all six steps.
     shutil.rmtree(checkout / "results" / MODEL)
     for objective in ("helpful", "harmless", "mixed"):
         shutil.rmtree(checkout / "runs" / MODEL / objective / "seed1")

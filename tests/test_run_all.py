@@ -41,4 +41,4 @@ def test_every_preset_sets_every_setting_the_pipeline_reads(preset):
     text = (REPO / "data" / "presets" / f"{preset}.env").read_text()
     keys = {line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
     assert keys == {"MODEL", "SEEDS", "COMMON_ARGS", "DATA_ARGS", "TRAIN_ARGS", "BENCH_ARGS", "ABLATE_ARGS",
-                    "NEURON_ARGS", "SHARED_ARGS"}
+                    "NEURON_ARGS", "SHARED_ARGS", "CONFLICT_ARGS"}
