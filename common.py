@@ -531,6 +531,19 @@ compute_options = options(
     click.option("--max-length", type=click.IntRange(min=8), default=512,
                  help="Tokens per transcript (the end is kept); capped at the backbone's context."),
 )
+# Backward passes hold every activation of a forward: their memory grows with its tokens, so they are cut.
+micro_batch_option = click.option(
+    "--micro-batch-tokens", type=click.IntRange(min=1), default=None,
+    help="Backward passes (training, attribution, conflict gradients): split each batch into forwards of at most "
+         "this many computed tokens (padding included; in train.py the shared prompt once and both answers; "
+         "default: 2048 on CPU, 16384 on GPU) so memory stays flat whatever the batch size. The sums are the same.")
+
+
+def token_budget(micro_batch_tokens: int | None, device: torch.device) -> int:
+    """--micro-batch-tokens as it applies on `device`."""
+    return micro_batch_tokens or (16384 if torch.device(device).type == "cuda" else 2048)
+
+
 hh_data_options = options(
     click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
                  help="Local HH-RLHF folder (<subset>/<split>.jsonl[.gz]); default: the hub's Anthropic/hh-rlhf."),
@@ -1214,6 +1227,17 @@ def random_generator(objective: str, seed: int, purpose: str = "random") -> torc
     return torch.Generator().manual_seed(pair_hash(purpose, objective, str(seed)) % 2**63)
 
 
+def pair_micro_batches(input_ids, mask, pairs: int, token_budget: int | None):
+    """A pair batch (chosen rows, then rejected rows) cut into forwards of at most `token_budget` padded tokens,
+    at least one pair each, rows again chosen then rejected: (input_ids, mask, pairs) per forward. A sum over
+    pairs is the same cut or not; None keeps the batch whole."""
+    per_forward = pairs if token_budget is None else max(1, token_budget // (2 * input_ids.shape[1]))
+    for start in range(0, pairs, per_forward):
+        chosen = list(range(start, min(start + per_forward, pairs)))
+        rows = chosen + [pairs + i for i in chosen]
+        yield input_ids[rows], mask[rows], len(chosen)
+
+
 def pair_batches(chosen, rejected, batch_size, pad_id):
     """(pair indices, input_ids, attention mask) per batch: rows are the chosen transcripts of the pairs, then
     their rejected ones, so both members of a pair are seen in the same forward. Batches are sorted by the
@@ -1321,7 +1345,7 @@ class AttributionPass:
         self.delta_sum = torch.zeros(self.shape, dtype=torch.float64, device=next(model.parameters()).device)
         self.pairs = 0
 
-    def run(self, batches, device, dtype, total=None, desc="attribution"):
+    def run(self, batches, device, dtype, total=None, desc="attribution", token_budget: int | None = None):
         acts = {}
 
         def keep(layer, a):
@@ -1329,18 +1353,19 @@ class AttributionPass:
 
         self.model.eval()
         with torch.enable_grad(), mlp_hooks(self.model, self.site, keep):
-            for batch, input_ids, mask in progress(batches, total=total, desc=desc, unit="batch"):
-                input_ids, mask = input_ids.to(device), mask.to(device)
-                n = len(batch)
-                with autocast(device, dtype):
-                    reward = rewards(self.model, input_ids, mask)
-                # Pairs are independent, so the gradient of the summed margins holds each pair's own ∂m/∂a.
-                grads = torch.autograd.grad((reward[:n] - reward[n:]).sum(), [acts[i] for i in range(self.shape[0])])
-                real = mask[..., None].double()
-                for layer, grad in enumerate(grads):
-                    self.delta_sum[layer] -= (acts[layer].detach().double() * grad.double() * real).sum(dim=(0, 1))
-                self.pairs += n
-                acts.clear()
+            for batch, batch_ids, batch_mask in progress(batches, total=total, desc=desc, unit="batch"):
+                for input_ids, mask, n in pair_micro_batches(batch_ids, batch_mask, len(batch), token_budget):
+                    input_ids, mask = input_ids.to(device), mask.to(device)
+                    with autocast(device, dtype):
+                        reward = rewards(self.model, input_ids, mask)
+                    # Pairs are independent, so the gradient of the summed margins holds each pair's own ∂m/∂a.
+                    grads = torch.autograd.grad((reward[:n] - reward[n:]).sum(),
+                                                [acts[i] for i in range(self.shape[0])])
+                    real = mask[..., None].double()
+                    for layer, grad in enumerate(grads):
+                        self.delta_sum[layer] -= (acts[layer].detach().double() * grad.double() * real).sum(dim=(0, 1))
+                    self.pairs += n
+                    acts.clear()
 
     def signed(self) -> torch.Tensor:
         """Mean predicted Δm per neuron over the pairs (negative: zero-ablating it lowers the margin)."""
@@ -1371,12 +1396,23 @@ def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, att
             f.create_dataset(name, data=value.cpu().numpy())
 
 
-def neuron_settings(cfg: dict, run: Path, max_length: int, dtype: torch.dtype) -> dict:
+def pair_settings(cfg: dict, *pair_lists: Sequence[Pair]) -> dict:
+    """The scored pairs in a file's settings: their content hash, not the data folder's path, so that a moved or
+    copied checkout keeps its files and an edited data file does not; the options beside it say in words what
+    changed."""
+    digest = hashlib.sha256()
+    for pairs in pair_lists:
+        for pair in pairs:
+            digest.update(f"{pair.chosen}\x00{pair.rejected}\x00".encode("utf-8"))
+        digest.update(b"\x01")  # where one list ends
+    return {"pairs_sha256": digest.hexdigest()[:16], "train_split": cfg["train_split"],
+            "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"], "max_pairs": cfg["max_pairs"]}
+
+
+def neuron_settings(cfg: dict, run: Path, pairs: Sequence[Pair], max_length: int, dtype: torch.dtype) -> dict:
     """Everything that shapes a neuron file's numbers: reuse it only when all of these equal the request."""
-    data_dir = None if cfg["data_dir"] is None else str(Path(cfg["data_dir"]).resolve())
-    return {"model": cfg["model"], "rm_weights": rm_fingerprint(run / "rm"), "site": cfg["site"], "data_dir": data_dir,
-            "train_split": cfg["train_split"], "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"],
-            "max_pairs": cfg["max_pairs"], "max_length": max_length, "dtype": str(dtype)}
+    return {"model": cfg["model"], "rm_weights": rm_fingerprint(run / "rm"), "site": cfg["site"],
+            **pair_settings(cfg, pairs), "max_length": max_length, "dtype": str(dtype)}
 
 
 def stored_settings(path: Path) -> dict | None:
@@ -1434,7 +1470,10 @@ def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence
     tag = f"[{objective} seed {seed}]"
     model, tokenizer = load_reward_model(run / "rm", device)
     max_length = min(cfg["max_length"], context_length(model))
-    settings = neuron_settings(cfg, run, max_length, dtype)
+    pairs = scoring_pairs(cfg, objective, seed)
+    if not pairs:
+        raise click.ClickException(f"{tag} no training pairs to score")
+    settings = neuron_settings(cfg, run, pairs, max_length, dtype)
     folder = neuron_dir(run, cfg["site"])
     todo = []
     for method in methods:
@@ -1449,9 +1488,6 @@ def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence
         return {"objective": objective, "seed": seed, "reused": list(methods)}
 
     # load
-    pairs = scoring_pairs(cfg, objective, seed)
-    if not pairs:
-        raise click.ClickException(f"{tag} no training pairs to score")
     base = None
     if "change" in todo:
         base = new_reward_model(cfg["model"], seed)[0].to(device).eval()  # the backbone before training
@@ -1469,7 +1505,8 @@ def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence
         attribution = AttributionPass(model, cfg["site"])
         attribution.run(pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"],
                                      tokenizer.pad_token_id), device, dtype,
-                        total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"attribution {objective}")
+                        total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"attribution {objective}",
+                        token_budget=token_budget(cfg["micro_batch_tokens"], device))
     seconds = time.perf_counter() - started
 
     # save
@@ -1796,7 +1833,8 @@ def load_benchmarks(specs: Sequence[str], tasks: dict[str, Task]) -> Bench:
             source = clone or HUB_BENCHMARKS[name].hub_id
             bench.add(read_hub_benchmark(name, source, tasks, bench), source)
         elif spec == "demo":
-            bench.add(read_item_path(DEMO_BENCH_DIR), str(DEMO_BENCH_DIR))
+            # named from the repository, so that the tables of a moved or copied checkout read the same
+            bench.add(read_item_path(DEMO_BENCH_DIR), f"demo ({DEMO_BENCH_DIR.relative_to(REPO_ROOT)})")
         elif Path(spec).exists():
             bench.add(read_item_path(Path(spec)), spec)
         else:

@@ -82,6 +82,7 @@ FDR_RULE = f"rejected by Benjamini–Hochberg at q = {FDR_Q:g} over all neurons 
 @common.method_option(default=("magnitude",))
 @common.tau_option(multiple=False)
 @common.compute_options
+@common.micro_batch_option
 @click.option("--draws", type=click.IntRange(min=100), default=10_000,
               help=f"Random sign patterns of the sign-flip test when there are more than {EXACT_MAX_BATCHES} helpful "
                    "batches (fewer are enumerated exactly). The smallest p is 1/(draws + 1), which bounds what "
@@ -136,11 +137,13 @@ def unit_directions(grads, axes):
             for layer, (g, ax) in enumerate(zip(grads, axes))]
 
 
-def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradients", total=None):
+def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradients", total=None,
+                     token_budget: int | None = None):
     """Mean over pairs of the Bradley–Terry loss gradient w.r.t. common.neuron_parameters, as float64 tensors per
-    layer in that order, batches as common.pair_batches makes them. With `direction` (unit_directions of another
-    objective's gradients), also every batch's SUMMED gradient projected on it per neuron, from the same backward:
-    [batches, layers, d_mlp] float64 on the CPU. Returns (grads, projections or None, pairs)."""
+    layer in that order, batches as common.pair_batches makes them (each in forwards of at most `token_budget`
+    tokens). With `direction` (unit_directions of another objective's gradients), also every batch's SUMMED
+    gradient projected on it per neuron, from the same backward: [batches, layers, d_mlp] float64 on the CPU.
+    Returns (grads, projections or None, pairs)."""
     layout = common.neuron_parameters(model)
     params = [p for layer in layout for p, _ in layer]
     axes = neuron_axes(model)
@@ -154,11 +157,14 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
     pairs = 0
     model.eval()
     with torch.enable_grad():
-        for batch, input_ids, mask in common.progress(batches, total=total, desc=desc, unit="batch"):
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            with common.autocast(device, dtype):
-                reward = common.rewards(model, input_ids, mask)
-            grads = [g.double() for g in torch.autograd.grad(bt_loss(reward, len(batch)), params)]
+        for batch, batch_ids, batch_mask in common.progress(batches, total=total, desc=desc, unit="batch"):
+            grads = [torch.zeros_like(s) for s in sums]
+            for input_ids, mask, n in common.pair_micro_batches(batch_ids, batch_mask, len(batch), token_budget):
+                input_ids, mask = input_ids.to(device), mask.to(device)
+                with common.autocast(device, dtype):
+                    reward = common.rewards(model, input_ids, mask)
+                for total_grad, grad in zip(grads, torch.autograd.grad(bt_loss(reward, n), params)):
+                    total_grad += grad.double()
             for running, grad in zip(sums, grads):
                 running += grad
             if direction is not None:
@@ -270,11 +276,9 @@ def benjamini_hochberg(p: numpy.ndarray, q: float = FDR_Q) -> numpy.ndarray:
 # ---------------------------------------------------------------------------------------------
 # One RM's conflict.h5
 # ---------------------------------------------------------------------------------------------
-def conflict_settings(cfg, run: Path, max_length: int, dtype, batches: int) -> dict:
-    data_dir = None if cfg["data_dir"] is None else str(Path(cfg["data_dir"]).resolve())
-    return {"model": cfg["model"], "rm_weights": common.rm_fingerprint(run / "rm"), "data_dir": data_dir,
-            "train_split": cfg["train_split"], "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"],
-            "max_pairs": cfg["max_pairs"], "max_length": max_length, "dtype": str(dtype),
+def conflict_settings(cfg, run: Path, pairs: dict, max_length: int, dtype, batches: int) -> dict:
+    return {"model": cfg["model"], "rm_weights": common.rm_fingerprint(run / "rm"),
+            **common.pair_settings(cfg, *pairs.values()), "max_length": max_length, "dtype": str(dtype),
             # the batches are the test's units, so the batch size shapes the p-values; the draws only matter
             # where the patterns are sampled
             "batch_size": cfg["batch_size"], "draws": "exact" if batches <= EXACT_MAX_BATCHES else cfg["draws"],
@@ -290,8 +294,9 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
     tag = f"[{objective} seed {seed}]"
     model, tokenizer = common.load_reward_model(run / "rm", device)
     max_length = min(cfg["max_length"], common.context_length(model))
-    helpful_batches = math.ceil(len(common.scoring_pairs(cfg, "helpful", seed)) / cfg["batch_size"])
-    settings = conflict_settings(cfg, run, max_length, dtype, helpful_batches)
+    pairs = {name: common.scoring_pairs(cfg, name, seed) for name in GROUPS}
+    helpful_batches = math.ceil(len(pairs["helpful"]) / cfg["batch_size"])
+    settings = conflict_settings(cfg, run, pairs, max_length, dtype, helpful_batches)
     path = conflict_path(run)
     differs = "" if not path.exists() else common.settings_difference(common.stored_settings(path), settings)
     if path.exists() and not differs and not cfg["force"]:
@@ -301,13 +306,13 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
         click.echo(f"{tag} {path} was made with {differs}: recomputing", err=True)
 
     def gradients(name, direction=None):
-        chosen_rejected = common.scoring_pairs(cfg, name, seed)
-        if not chosen_rejected:
+        if not pairs[name]:
             raise click.ClickException(f"{tag} no {name} training pairs")
-        batches = common.pair_batches(*common.encode_pairs(tokenizer, chosen_rejected, max_length), cfg["batch_size"],
+        batches = common.pair_batches(*common.encode_pairs(tokenizer, pairs[name], max_length), cfg["batch_size"],
                                       tokenizer.pad_token_id)
         return neuron_gradients(model, batches, device, dtype, direction, desc=f"{name} gradients in {objective}",
-                                total=math.ceil(len(chosen_rejected) / cfg["batch_size"]))
+                                total=math.ceil(len(pairs[name]) / cfg["batch_size"]),
+                                token_budget=common.token_budget(cfg["micro_batch_tokens"], device))
 
     started = time.perf_counter()
     axes = neuron_axes(model)

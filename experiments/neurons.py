@@ -79,6 +79,7 @@ SHARE_KS = (1, 5, 10)  # top-k agreement of |predicted| and |measured| among the
 @common.neuron_options
 @common.tau_option(multiple=False)
 @common.compute_options
+@common.micro_batch_option
 @click.option("--force", is_flag=True, help="Rescore even if up-to-date .h5 files exist.")
 @click.option("--validate-attribution", type=click.IntRange(min=0), default=0,
               help="Check the attribution against real zero-ablation on N single neurons per RM (the top N/2 by "
@@ -249,7 +250,8 @@ def validate_attribution(cfg, objective, seed, run, device, dtype) -> list[dict]
 
     # predict, then measure: one ablated forward over the validation pairs per unit
     attribution = common.AttributionPass(model, cfg["site"])
-    attribution.run(batches, device, dtype, total=len(batches), desc=f"attribution {objective} (validation pairs)")
+    attribution.run(batches, device, dtype, total=len(batches), desc=f"attribution {objective} (validation pairs)",
+                    token_budget=common.token_budget(cfg["micro_batch_tokens"], device))
     predicted = attribution.signed().cpu()
     base = pair_margins(model, batches, device, dtype)
     rows = []

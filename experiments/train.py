@@ -40,10 +40,7 @@ import common
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: 2 single-objective, 1 mixed.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, help="Peak learning rate.")
 @common.compute_options
-@click.option("--micro-batch-tokens", type=click.IntRange(min=1), default=None,
-              help="Gradient accumulation: split each batch into forwards of at most this many computed tokens "
-                   "(shared prefix once, both answers, padding included; default: 2048 on CPU, 16384 on GPU) "
-                   "so memory stays flat whatever the batch size.")
+@common.micro_batch_option
 @click.option("--save-every", type=click.IntRange(min=1), default=50, help="Checkpoint every N optimizer steps.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after N optimizer steps, keeping the checkpoint (run again to continue).")
@@ -213,7 +210,7 @@ def load_data(cfg, objective, seed, tag) -> Data:
 def build_run(cfg, objective, seed, dtype, data: Data, accelerator) -> Run:
     """A fresh RM, its tokenized pairs, every optimizer step of the run, the optimizer and the schedule."""
     epochs = cfg["epochs"] or (1 if objective == "mixed" else 2)
-    token_budget = cfg["micro_batch_tokens"] or (16384 if accelerator.device.type == "cuda" else 2048)
+    token_budget = common.token_budget(cfg["micro_batch_tokens"], accelerator.device)
     model, tokenizer = common.new_reward_model(cfg["model"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))  # GPT-2 has 1024 positions
     chosen_ids, rejected_ids = common.encode_pairs(tokenizer, data.train_pairs, max_length)

@@ -91,6 +91,16 @@ def test_accumulating_over_batches_equals_one_big_batch():
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-8)
 
 
+def test_micro_batches_change_no_number():
+    model, tokenizer = common.new_reward_model("tiny-gpt2", 0)
+    results = []
+    for token_budget in (None, 1):  # the batch whole, one pair per forward
+        attribution = common.AttributionPass(model.eval(), "act")
+        attribution.run(pairs_and_batches(tokenizer, n=6, batch_size=6), CPU, torch.float32, token_budget=token_budget)
+        results.append(attribution.signed())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-8)
+
+
 def test_neurons_py_writes_the_attribution_file_with_its_sign(tmp_path):
     rm_path = save_tiny_rm(tmp_path / "runs", "helpful", perturb_seed=3)
     result = CliRunner().invoke(neurons.main, [

@@ -120,6 +120,24 @@ def test_accumulation_over_batches_equals_one_batch():
             assert float(parts[index, layer, unit_index]) == pytest.approx(float(expected), rel=1e-9, abs=1e-15)
 
 
+def test_cutting_batches_into_micro_batches_changes_no_number():
+    """--micro-batch-tokens bounds a backward's memory (a 16-pair batch of SmolLM2 at 512 tokens needs > 20 GB
+    whole); the gradients and every batch's projection are sums over pairs, so they are the same cut."""
+    model, tokenizer = tiny("tiny-gpt2")
+    axes = conflict.neuron_axes(model)
+    unit = conflict.unit_directions(conflict.neuron_gradients(model, batches(tokenizer, demo_pairs("helpful", 4)),
+                                                              CPU, torch.float32)[0], axes)
+    pairs = demo_pairs(n=5)
+    whole = conflict.neuron_gradients(model, batches(tokenizer, pairs, batch_size=5), CPU, torch.float32, unit)
+    cut = conflict.neuron_gradients(model, batches(tokenizer, pairs, batch_size=5), CPU, torch.float32, unit,
+                                    token_budget=1)  # one pair per forward
+    assert whole[2] == cut[2] == 5
+    for a, b in zip(whole[0], cut[0]):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(whole[1], cut[1], rtol=1e-5, atol=1e-9)
+
+
 def test_benjamini_hochberg_steps_up_and_skips_nan():
     p = numpy.array([0.001, 0.03, 0.031, 0.2])  # thresholds 0.0125, 0.025, 0.0375, 0.05: p(2) fails, p(3) passes
     assert conflict.benjamini_hochberg(p, 0.05).tolist() == [True, True, True, False]

@@ -2,6 +2,7 @@
 RMSD equal a direct computation from full activations collected with plain hooks (one text at a time, no
 padding), for both kernel backends and both neuron sites; a crash leaves no half-written .h5."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -185,6 +186,23 @@ def test_files_made_with_other_settings_are_rescored_not_reused(tmp_path):
     assert "max_pairs 5 (now 3)" in result.output and "rescoring" in result.output
     with h5py.File(act_file, "r") as f:
         assert f.attrs["pairs"] == 3
+
+
+def test_a_copied_data_folder_keeps_the_files_and_an_edited_one_does_not(tmp_path):
+    """The files record the scored pairs' content, not the data folder's path: a moved or copied checkout (with
+    a relative --data-dir) reuses them, and an edited data file does not (issue #12)."""
+    save_rm(tmp_path / "runs", "tiny-gpt2")
+    copy = shutil.copytree(DEMO, tmp_path / "hh-rlhf")
+    assert run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude").exit_code == 0
+    again = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude", "--data-dir", str(copy))
+    assert again.exit_code == 0 and "up to date" in again.output, again.output
+
+    for path in copy.glob("helpful-*/train.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**row, "chosen": row["chosen"] + " Thanks!"}) + "\n" for row in rows))
+    common.training_pairs.cache_clear()  # a process reads its data once; this test edits it in between
+    edited = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude", "--data-dir", str(copy))
+    assert edited.exit_code == 0 and "pairs_sha256" in edited.output and "rescoring" in edited.output, edited.output
 
 
 def test_read_neurons_refuses_another_site_or_backbone(tmp_path):
