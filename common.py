@@ -1396,16 +1396,21 @@ def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, att
             f.create_dataset(name, data=value.cpu().numpy())
 
 
-def pair_settings(cfg: dict, *pair_lists: Sequence[Pair]) -> dict:
-    """The scored pairs in a file's settings: their content hash, not the data folder's path, so that a moved or
-    copied checkout keeps its files and an edited data file does not; the options beside it say in words what
-    changed."""
+def pairs_fingerprint(*pair_lists: Sequence[Pair]) -> str:
+    """The content hash of lists of pairs: what identifies the data a file or an RM was made from. Not the data
+    folder's path, so that a moved or copied checkout keeps its work and an edited data file does not."""
     digest = hashlib.sha256()
     for pairs in pair_lists:
         for pair in pairs:
             digest.update(f"{pair.chosen}\x00{pair.rejected}\x00".encode("utf-8"))
         digest.update(b"\x01")  # where one list ends
-    return {"pairs_sha256": digest.hexdigest()[:16], "train_split": cfg["train_split"],
+    return digest.hexdigest()[:16]
+
+
+def pair_settings(cfg: dict, *pair_lists: Sequence[Pair]) -> dict:
+    """The scored pairs in a file's settings: their fingerprint, and the options that chose them, which say in
+    words what changed."""
+    return {"pairs_sha256": pairs_fingerprint(*pair_lists), "train_split": cfg["train_split"],
             "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"], "max_pairs": cfg["max_pairs"]}
 
 

@@ -137,10 +137,12 @@ def micro_batches(pairs, prefix, answer, token_budget):
     return micros + [current] if current else micros
 
 
-# The options that shape the trained weights. A checkpoint records them, resolved, and resumes only under the
-# same ones; --micro-batch-tokens (only the order of a sum), --save-every, --max-steps and --device may change.
-TRAINING_OPTIONS = ("model", "data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs",
-                    "epochs", "lr", "batch_size", "max_length", "dtype")
+# The options that shape the trained weights. A checkpoint records them, resolved, with the pairs' fingerprint in
+# place of --data-dir, and resumes only under the same ones; --micro-batch-tokens (only the order of a sum),
+# --save-every, --max-steps and --device may change.
+TRAINING_OPTIONS = ("model", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs", "epochs",
+                    "lr", "batch_size", "max_length", "dtype")
+PAIRS = "pairs_sha256"  # the training and held-out pairs' fingerprint, beside the options
 
 
 @dataclasses.dataclass
@@ -171,11 +173,14 @@ class Run:
 def train_one(cfg, objective, seed, device, dtype):
     out = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
     tag = f"[{objective} seed {seed}]"
-    if (out / "train.json").exists() and not cfg["force"]:
-        click.echo(f"{tag} already trained: {out} (use --force to retrain)")
-        return
-    accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "no", cpu=device.type == "cpu")
     data = load_data(cfg, objective, seed, tag)
+    if (out / "train.json").exists() and not cfg["force"]:
+        differences = trained_differences(out / "train.json", cfg, data)
+        if not differences:
+            click.echo(f"{tag} already trained: {out} (use --force to retrain)")
+            return
+        click.echo(f"{tag} {out} was trained with other settings ({'; '.join(differences)}): retraining")
+    accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "no", cpu=device.type == "cpu")
     run = build_run(cfg, objective, seed, dtype, data, accelerator)
     checkpoint = out / "checkpoint"
     progress = resume(accelerator, checkpoint, run, cfg["force"], tag)
@@ -188,7 +193,7 @@ def train_one(cfg, objective, seed, device, dtype):
     if accelerator.is_main_process:
         # `options` as given on the command line: what a suggested command for a sibling RM repeats
         config = {**cfg, "objective": objective, "seed": seed, "dtype": str(dtype), "device": str(device),
-                  "options": cfg}
+                  "options": cfg, PAIRS: run.options[PAIRS]}
         evaluate_and_save(accelerator, run, data, progress, resumed_from, out, config, tag)
     accelerator.wait_for_everyone()
 
@@ -225,15 +230,27 @@ def build_run(cfg, objective, seed, dtype, data: Data, accelerator) -> Run:
     net, optimizer = accelerator.prepare(net, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     return Run(tokenizer, chosen_ids, rejected_ids, prefix, answer, steps, net, optimizer, scheduler, epochs,
-               max_length, token_budget, training_options(cfg, epochs, max_length, dtype))
+               max_length, token_budget, training_options(cfg, epochs, max_length, dtype, data))
 
 
-def training_options(cfg, epochs: int, max_length: int, dtype: torch.dtype) -> dict:
-    """TRAINING_OPTIONS as they apply: the epochs, max length and dtype resolved, the data folder absolute."""
+def training_options(cfg, epochs: int, max_length: int, dtype: torch.dtype, data: Data) -> dict:
+    """TRAINING_OPTIONS as they apply (the epochs, max length and dtype resolved) and the pairs' fingerprint."""
     options = {name: cfg[name] for name in TRAINING_OPTIONS}
-    options.update(data_dir=str(Path(cfg["data_dir"]).resolve()) if cfg["data_dir"] else None, epochs=epochs,
-                   max_length=max_length, dtype=str(dtype).removeprefix("torch."))
+    options.update(epochs=epochs, max_length=max_length, dtype=str(dtype).removeprefix("torch."))
+    options[PAIRS] = common.pairs_fingerprint(data.train_pairs, data.eval_pairs)
     return options
+
+
+def trained_differences(record: Path, cfg, data: Data) -> list[str]:
+    """What differs between a trained RM's train.json and this request: the shaping options as given (so that
+    `auto` stays `auto` on another machine) and the pairs' fingerprint (absent from older records: not compared)."""
+    config = json.loads(record.read_text())["config"]
+    given = config.get("options", config)
+    differences = [f"--{name.replace('_', '-')} {show_option(given.get(name))} (now {show_option(cfg[name])})"
+                   for name in common.TRAIN_SHAPING if name != "data_dir" and given.get(name) != cfg[name]]
+    if PAIRS in config and config[PAIRS] != common.pairs_fingerprint(data.train_pairs, data.eval_pairs):
+        differences.append("other training or held-out pairs (another --data-dir, or its files changed)")
+    return differences
 
 
 def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> dict:
@@ -271,7 +288,9 @@ def option_differences(checkpoint: Path, options: dict) -> list[str]:
     saved = json.loads(path.read_text())
     missing = object()
     return [f"--{name.replace('_', '-')}: checkpoint {show_option(saved.get(name, '(not recorded)'))}, "
-            f"now {show_option(value)}" for name, value in options.items() if saved.get(name, missing) != value]
+            f"now {show_option(value)}" if name != PAIRS else
+            "the training or held-out pairs differ (another --data-dir, or its files changed)"
+            for name, value in options.items() if saved.get(name, missing) != value]
 
 
 def show_option(value) -> str:

@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -192,6 +193,24 @@ def test_training_lowers_the_loss_and_saves_a_loadable_rm(tmp_path, toy_hh):
     common.load_reward_model(run / "rm", CPU)
     assert (run / "rm" / "weights.sha256").read_text() == common.weights_sha256(run / "rm") + "\n"
     assert "already trained" in run_train(*TRAIN_ARGS, "--data-dir", toy_hh, "--runs-dir", tmp_path / "runs")
+
+
+def test_a_trained_rm_is_kept_for_the_same_settings_and_pairs_and_retrained_for_others(tmp_path, toy_hh):
+    """Issue #12: no stale RM under changed settings, and no retraining in a moved checkout (the data folder is
+    identified by its pairs, not its path)."""
+    args = [*TRAIN_ARGS, "--runs-dir", tmp_path / "runs"]
+    run_train(*args, "--data-dir", toy_hh)
+    moved = shutil.copytree(toy_hh, tmp_path / "moved")
+    assert "already trained" in run_train(*args, "--data-dir", moved)
+
+    retrained = run_train(*args, "--data-dir", moved, "--lr", "2e-3")
+    assert "trained with other settings (--lr 0.001 (now 0.002)): retraining" in retrained
+    assert "already trained" in run_train(*args, "--data-dir", moved, "--lr", "2e-3")
+
+    write_hh(moved, "harmless-base", "test", [hh_row(f"Tell me about owls #{i}", "Owls hunt at night.", "OWLS!!!")
+                                                   for i in range(40)])
+    edited = run_train(*args, "--data-dir", moved, "--lr", "2e-3")
+    assert "other training or held-out pairs" in edited and "retraining" in edited
 
 
 def test_the_report_gets_held_out_accuracy_with_its_interval_and_the_loss_curves(tmp_path, toy_hh):
