@@ -505,6 +505,8 @@ def plot_layers(cfg, data, layer_rows, path):
                    label=f"p < {ALPHA:g}, cos < 0")
         bottom.plot(layers, [r["share_fdr"] for r in rows], "k.", label=f"after BH, q = {FDR_Q:g}")
         bottom.axhline(ALPHA, color="black", linestyle="--", linewidth=1, label=f"chance (α = {ALPHA:g})")
+        ticks = layers[::math.ceil(len(layers) / 12)]  # a label per layer runs together past a dozen layers
+        bottom.set_xticks(ticks, [str(layer) for layer in ticks])
         bottom.set_xlabel("layer")
         bottom.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("cos(g_help, g_harm) per neuron")

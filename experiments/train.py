@@ -150,6 +150,7 @@ class Data:
     train_pairs: list
     eval_pairs: list
     bad: common.BadRows
+    fingerprint: str  # of both lists: what a trained RM and a checkpoint record in place of --data-dir
 
 
 @dataclasses.dataclass
@@ -209,7 +210,7 @@ def load_data(cfg, objective, seed, tag) -> Data:
     if not train_pairs or not eval_pairs:
         raise click.ClickException(f"no usable {'training' if not train_pairs else 'held-out'} pairs for "
                                    f"'{objective}' ({bad.summary()})")
-    return Data(train_pairs, eval_pairs, bad)
+    return Data(train_pairs, eval_pairs, bad, common.pairs_fingerprint(train_pairs, eval_pairs))
 
 
 def build_run(cfg, objective, seed, dtype, data: Data, accelerator) -> Run:
@@ -237,7 +238,7 @@ def training_options(cfg, epochs: int, max_length: int, dtype: torch.dtype, data
     """TRAINING_OPTIONS as they apply (the epochs, max length and dtype resolved) and the pairs' fingerprint."""
     options = {name: cfg[name] for name in TRAINING_OPTIONS}
     options.update(epochs=epochs, max_length=max_length, dtype=str(dtype).removeprefix("torch."))
-    options[PAIRS] = common.pairs_fingerprint(data.train_pairs, data.eval_pairs)
+    options[PAIRS] = data.fingerprint
     return options
 
 
@@ -248,7 +249,7 @@ def trained_differences(record: Path, cfg, data: Data) -> list[str]:
     given = config.get("options", config)
     differences = [f"--{name.replace('_', '-')} {show_option(given.get(name))} (now {show_option(cfg[name])})"
                    for name in common.TRAIN_SHAPING if name != "data_dir" and given.get(name) != cfg[name]]
-    if PAIRS in config and config[PAIRS] != common.pairs_fingerprint(data.train_pairs, data.eval_pairs):
+    if PAIRS in config and config[PAIRS] != data.fingerprint:
         differences.append("other training or held-out pairs (another --data-dir, or its files changed)")
     return differences
 
@@ -445,7 +446,6 @@ def save_rm(rm, tokenizer, target: Path):
     common.share_permissions(tmp)  # transformers writes the safetensors owner-only (0600)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-
 
 
 # ---------------------------------------------------------------------------------------------
