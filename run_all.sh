@@ -55,7 +55,8 @@ setup() {
     echo "no C++ compiler (c++ or g++) found: rmt_kernels will use its pure-torch reference kernels (slower)"
   fi
   # --no-build-isolation: build the C++/CUDA extension against the torch just installed or kept.
-  if ! RMT_REQUIRE_EXT=$require_ext "$PY" -m pip install -q --no-build-isolation -e .; then
+  # The test extra (pytest) too: this script is also the test command.
+  if ! RMT_REQUIRE_EXT=$require_ext "$PY" -m pip install -q --no-build-isolation -e ".[test]"; then
     echo "rm-tension: setup failed (see above). If it is the C++ extension that does not compile, fix it, or" \
          "set RMT_NO_EXT=1 to use the pure-torch reference kernels" >&2
     exit 1

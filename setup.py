@@ -1,6 +1,9 @@
-"""Install rm-tension: `common`, the `rmt_kernels` package and its optional C++/CUDA extension.
+"""Install rm-tension: the `rmt_kernels` package and its optional C++/CUDA extension, and the runtime
+requirements of the experiment scripts (which import the repository's common.py from beside them, so no
+top-level `common` module is installed to shadow another package's).
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -e .            # the toolkit
+    pip install --no-build-isolation -e ".[test]"    # and pytest: what `bash run_all.sh` (either command) installs
 
 The extension is optional: without a compiler (or with RMT_NO_EXT=1) the install still succeeds and
 rmt_kernels falls back to its pure-torch reference ops. RMT_REQUIRE_EXT=1 makes a failed extension build
@@ -26,8 +29,8 @@ REQUIREMENTS = [
     "tqdm",
     "matplotlib",
     "gguf",
-    "pytest",
 ]
+TEST_REQUIREMENTS = ["pytest"]
 
 
 def extension_modules():
@@ -92,10 +95,10 @@ setup(
     version="0.1.0",
     description="Helpfulness vs harmlessness tension inside reward models: train, evaluate, find and ablate neurons",
     python_requires=">=3.10",
-    py_modules=["common"],
     packages=["rmt_kernels"],
     package_data={"rmt_kernels": ["csrc/*.cpp", "csrc/*.h", "csrc/cuda/*.cu"]},
     install_requires=REQUIREMENTS,
+    extras_require={"test": TEST_REQUIREMENTS},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

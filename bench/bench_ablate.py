@@ -49,6 +49,8 @@ from bench_score import bench_model, machine, machine_options
 @click.option("--max-pairs", type=click.IntRange(min=1), default=200, help="Held-out pairs used in part 3.")
 @machine_options
 def main(**cfg):
+    """The bench as one straight run (load, the three measurements side by side, the table): its parts share the
+    model, items and timer, and read in the order of the table they print, so they stay in one function."""
     device, dtype = machine(cfg)
 
     # load
@@ -115,7 +117,8 @@ def main(**cfg):
     sweep_k, _ = timed(sweep)
 
     # part 3: held-out pairs through train.py's shared-prefix forward vs two full forwards (what score_items does)
-    pairs = common.subsample(common.held_out_items("mixed", cfg["pairs_dir"], "test", "test", 0.2), cfg["max_pairs"], 0)
+    held_out = {"data_dir": cfg["pairs_dir"], "train_split": "test", "eval_split": "test", "eval_fraction": 0.2}
+    pairs = common.subsample(common.held_out_items("mixed", held_out), cfg["max_pairs"], 0)
     pair_texts = [p.chosen[0] for p in pairs] + [p.rejected[0] for p in pairs]
     pair_tokens = sum(len(ids) for ids in common.encode(tokenizer, pair_texts, max_length))
     net = train.BradleyTerry(model, tokenizer.pad_token_id).eval()

@@ -53,6 +53,8 @@ from bench_accumulate import time_calls
 @click.option("--child-pairs", type=int, default=None, hidden=True, help="Internal: one memory measurement.")
 @click.option("--child-plain", is_flag=True, hidden=True, help="Internal: measure the plain forward instead.")
 def main(**cfg):
+    """The bench as one straight run (or, with the hidden --child-* options, one memory measurement in a fresh
+    process): its measurements share the model and batches and read in the order of the table they print."""
     device = common.resolve_device(cfg["device"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])

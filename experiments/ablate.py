@@ -8,27 +8,25 @@
         --train-split test --eval-fraction 0.2 --bench ../shared/data/xstest/converted --max-items 50 --tau 10
 
 For every trained RM (each objective and seed under --runs-dir), every --method and every --tau, the RM's OWN
-top-τ % neurons of that method (runs/.../neurons/<method>.h5; made with neurons.py's pass when missing) are
-switched off at --site at every token position: set to 0 (--ablation zero, the paper's) or to each neuron's mean
-activation over the RM's training pairs (--ablation mean, read from the same .h5). The RM is evaluated before and
-after on its held-out HH-RLHF pairs (tasks hh-<subset>: the helpful RM on helpful-base, the harmless RM on
-harmless-base, the mixed RM on both) and on every --bench item. An item is correct under the paper rule (min
-chosen > max rejected, strict).
+top-τ % neurons of that method (its neuron file; made with neurons.py's pass when missing, or when it was made in
+another RM or at another site) are switched off at --site at every token position: set to 0 (--ablation zero, the
+paper's) or to each neuron's mean activation over the RM's training pairs (--ablation mean). The RM is evaluated
+before and after on its held-out HH-RLHF pairs (the helpful RM on helpful-base, the harmless RM on harmless-base,
+the mixed RM on both; the data options default to what its train.json records) and on every --bench item. An item
+is correct under the paper rule (min chosen > max rejected, strict).
 
-Each RM is loaded once and its texts tokenised once; the plain scores are cached in <run>/scores/ (shared with
-behaviour.py), the ablated ones per configuration in <run>/ablate/<ablation>-<method>-tau<τ>/scores/, so a sweep of
-K configurations costs about K plain evaluations and an interrupted sweep resumes from the configurations already
-scored (--force rescores the ablated ones).
+Each RM is loaded once and its texts tokenised once; the plain scores are cached beside the RM (shared with
+behaviour.py), the ablated ones per configuration (runs/.../ablate/[<site>/]<ablation>-<method>-tau<τ>/), so a
+sweep of K configurations costs about K plain evaluations and an interrupted sweep resumes from the configurations
+already scored (--force rescores the ablated ones).
 
-Writes <results-dir>/<model>/ablate/: sweep.csv (objective, seed, ablation, method, tau, task, group, items,
-accuracy, base_accuracy, delta: one row per RM, ablation, method, τ and task), table2_harmless.{csv,md} and
-table3_helpful.{csv,md} (per task baseline and Δ at τ = 10, magnitude, mean ± std over seeds, group averages),
-heldout.{csv,md} (both with delta_ci_low / delta_ci_high: the paired 95 % bootstrap interval of Δ over items, 1000
-resamples, seed 0), fig5_tau.png (held-out accuracy against τ), fig7_scores.png (min chosen / max rejected scores
-before and after), report_section.md and run.json; then <results-dir>/<model>/report.md.
+Writes <results-dir>/<model>/ablate/ (ablate/<site>/ for a site other than act): sweep.csv (one row per RM,
+ablation, method, τ and task), Tables 2–3 (per task baseline and Δ at τ = 10, magnitude, with paired bootstrap
+intervals), heldout (held-out accuracy per τ), fig5_tau.png, fig7_scores.png, report_section.md and run.json; then
+<results-dir>/<model>/report.md. Formats: docs/artifacts.md; definitions: docs/methods.md.
 """
-import math
-import shutil
+import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -54,51 +52,36 @@ PAPER = {("harmless", "harmless"): (70.82, -12.89), ("harmless", "helpful"): (43
          ("mixed", "harmless"): (60.62, -13.18), ("mixed", "helpful"): (50.35, -5.88)}
 
 
-@click.command(context_settings={"show_default": True})
+@common.step()
 @common.rm_options
 @common.ablation_step_options(methods=common.PAPER_METHODS)
 @click.option("--force", is_flag=True, help="Rescore the ablated RMs even where cached ablated scores exist.")
 def main(**cfg):
-    device, dtype = common.start_analysis(cfg)
-    runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any scoring
-    out = common.step_dir(cfg["results_dir"], cfg["model"], "ablate")
+    cfg, runs, _, device, dtype = common.start_analysis(cfg, cfg["objective"])
+    out = common.step_dir(cfg["results_dir"], cfg["model"], "ablate", cfg["site"])
 
     # load
-    tasks = common.load_tasks()
-    bench = common.load_benchmarks(cfg["bench"], tasks)
-    for note in bench.notes:
-        click.echo(f"note: {note}", err=True)
-    bench_items = common.cap_items(bench.items, cfg["max_items"])
+    tasks, bench = common.load_bench(cfg)
+    pairs = functools.cache(lambda: common.training_pairs(cfg, [o for o, _ in runs]))  # only for missing files
 
     # run
-    results = {key: sweep_rm(cfg, key, run, bench_items, device, dtype) for key, run in runs.items()}
+    results = {key: sweep_rm(cfg, key, run, bench.items, tasks, pairs, device, dtype) for key, run in runs.items()}
 
     # analyse and save
-    rows = [{"objective": objective, "seed": seed, "ablation": cfg["ablation"], "method": method,
-             "tau": tau, **row}
-            for (objective, seed), result in results.items() for (method, tau), scores in result["ablated"].items()
-            for row in common.accuracy_rows(result["items"], result["base"], scores, tasks)]
+    rows = [{"objective": objective, "seed": seed, "ablation": cfg["ablation"], "method": method, "tau": tau, **row}
+            for (objective, seed), result in results.items() for (method, tau), rm_rows in result["rows"].items()
+            for row in rm_rows]
     common.write_csv(out / "sweep.csv", SWEEP_COLUMNS,
                      [[f"{row[c]:g}" if c == "tau" else row[c] for c in SWEEP_COLUMNS] for row in rows])
     method, tau = common.headline(cfg)
     objectives = [o for o in cfg["objective"] if any(key[0] == o for key in runs)]
-    tables = {}
-    for stem, group, title in TABLES:
-        tables[stem] = task_table(rows, tasks, objectives, method, tau, group)
-        if tables[stem] is None:
-            common.remove_table(out / stem)
-        else:
-            common.write_table(out / stem, tables[stem]["header"], tables[stem]["rows"],
-                               f"{title}: accuracy before ablation and Δ after ({method}, τ = {tau:g}, "
-                               f"{cfg['ablation']}-ablation; percentage points, mean ± std over seeds; Δ [low, high]: "
-                               f"{common.BOOTSTRAP_NOTE})\n\n"
-                               + common.markdown_table(tables[stem]["md_header"], tables[stem]["md_rows"]))
-    heldout = heldout_table(rows, cfg, objectives)
+    tables = write_task_tables(cfg, rows, tasks, objectives, method, tau, out)
+    heldout = heldout_table(rows, cfg, objectives, tasks)
     common.write_table(out / "heldout", heldout["header"], heldout["rows"],
                        common.markdown_table(heldout["md_header"], heldout["md_rows"]))
     fig5_tau(heldout["stats"], cfg, objectives, out / "fig5_tau.png")
     fig7_scores(results, objectives, method, tau, cfg, out / "fig7_scores.png")
-    common.write_text(out / "report_section.md", report_section(cfg, runs, bench, bench_items, tables, heldout,
+    common.write_text(out / "report_section.md", report_section(cfg, runs, bench, tables, heldout,
                                                                 method, tau, objectives))
     common.write_json(out / "run.json", {
         **common.run_record({**cfg, "device": str(device), "dtype": str(dtype), "backend": rk.backend(device)}),
@@ -114,156 +97,122 @@ def main(**cfg):
 # The sweep of one RM: neuron sets first (a bad τ or file is refused before any scoring), then one plain and one
 # ablated evaluation per configuration, each cached on its own.
 # ---------------------------------------------------------------------------------------------
-def sweep_rm(cfg, key, run: Path, bench_items, device, dtype) -> dict:
+def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> dict:
     objective, seed = key
     tag = f"{objective} seed {seed}"
     folder = common.neuron_dir(run, cfg["site"])
-    missing = [m for m in cfg["method"] if not (folder / f"{m}.h5").exists()]
-    if missing:
-        click.echo(f"[{tag}] no {', '.join(f'{m}.h5' for m in missing)} in {folder}: scoring the neurons first "
-                   f"(neurons.py's pass)", err=True)
-        common.compute_neuron_files({**cfg, "force": False}, objective, seed, missing, device, dtype)
+    common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"], folder, pairs,
+                                device, dtype, keys=common.NEURON_IDENTITY)
     model, tokenizer = common.load_reward_model(run / "rm", device)
+    if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
+        click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
     tokenizer = common.MemoTokenizer(tokenizer)  # every configuration scores the same texts: tokenise them once
     sets = {}
     for method in cfg["method"]:
-        neurons = common.read_neurons(run, method, cfg["site"], model, cfg)
+        neurons = common.read_neurons(folder / f"{method}.h5", common.neurons_command(cfg, objective, seed, [method]),
+                                      common.mlp_shape(model))
         values = neurons.mean_activation if cfg["ablation"] == "mean" else None
         for tau in cfg["tau"]:
             sets[method, tau] = (cfg["ablation"], common.select_top(neurons.score, tau), values)
-    held_out = common.cap_items(common.held_out_items(objective, cfg["data_dir"], cfg["train_split"],
-                                                      cfg["eval_split"], cfg["eval_fraction"]), cfg["max_items"])
-    items = held_out + list(bench_items)
+    items = common.cap_items(common.held_out_items(objective, cfg), cfg["max_items"]) + list(bench_items)
 
     started = time.perf_counter()
-    base = common.evaluate_rm(run, model, tokenizer, items, cfg, device, dtype, desc=f"{tag} plain")
+    base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, run, desc=f"{tag} plain")
     timing = {"items": len(items), "plain_seconds": round(time.perf_counter() - started, 2), "configs": {}}
-    ablated = {}
+    ablated, rows = {}, {}
     for (method, tau), intervention in sets.items():
-        cache = common.ablation_dir(run, cfg["ablation"], method, tau) / "scores"
-        if cfg["force"] and cache.exists():
-            shutil.rmtree(cache)
+        label = f"{cfg['ablation']}-{method}-tau{tau:g}"
         started = time.perf_counter()
-        ablated[method, tau] = common.evaluate_rm(run, model, tokenizer, items, cfg, device, dtype,
-                                                  ablated=intervention, cache_dir=cache,
-                                                  desc=f"{tag} {cfg['ablation']} {method} τ={tau:g}")
+        ablated[method, tau] = common.evaluate_rm(
+            run / "rm", model, tokenizer, items, cfg, device, dtype,
+            common.intervention_dir(run, "ablate", cfg["site"], label), ablated=intervention,
+            desc=f"{tag} {cfg['ablation']} {method} τ={tau:g}", force=cfg["force"])
+        rows[method, tau] = common.accuracy_rows(items, ablated[method, tau], tasks, base=base)
         timing["configs"][f"{method}-tau{tau:g}"] = {"neurons": int(intervention[1].sum()),
                                                      "seconds": round(time.perf_counter() - started, 2)}
     timing["texts_tokenised"] = tokenizer.calls
-    return {"items": items, "base": base, "ablated": ablated, "timing": timing}
+    return {"items": items, "base": base, "ablated": ablated, "rows": rows, "timing": timing}
 
 
 # ---------------------------------------------------------------------------------------------
 # Tables 2–3 (per task baseline and Δ, group averages) and the held-out accuracy per τ (Fig. 5's numbers)
 # ---------------------------------------------------------------------------------------------
-def pp(mean: float, std: float | None = None, sign: bool = False) -> str:
-    if math.isnan(mean):
-        return "–"
-    text = f"{100 * mean:+.2f}" if sign else f"{100 * mean:.2f}"
-    return text if std is None else f"{text} ± {100 * std:.2f}"
-
-
-def with_ci(text: str, ci: tuple[float, float]) -> str:
-    """`text [low, high]` in percentage points; the text alone where there is no interval."""
-    return text if math.isnan(ci[0]) else f"{text} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
-
-
-def seeds_ci(per_task: list[list[tuple]]) -> tuple[float, float]:
-    """Paired bootstrap interval of the seed-mean Δ averaged over tasks; per_task[t] holds each seed's (before, after)
-    per-item correctness of task t. Each task's items are resampled with ONE draw for every seed (they are the same
-    items: held-out pairs and benchmark items do not depend on the seed); none when a task's seeds differ in items."""
-    if not per_task or any(len({len(b) for b, _ in seeds}) != 1 for seeds in per_task):
-        return math.nan, math.nan
-    return common.bootstrap_paired_delta_ci([numpy.stack([b for b, _ in seeds]) for seeds in per_task],
-                                            [numpy.stack([a for _, a in seeds]) for seeds in per_task])
-
-
-def is_held_out(task: str, tasks) -> bool:
-    return common.task_for(task, tasks).benchmark == "hh-rlhf"
+def write_task_tables(cfg, rows, tasks, objectives, method, tau, out) -> dict:
+    """Tables 2 and 3 (and the table of tasks in no group) at the headline configuration: {stem: table or None},
+    written as <stem>.csv + .md (None removes an earlier run's)."""
+    tables = {}
+    for stem, group, title in TABLES:
+        tables[stem] = task_table(rows, tasks, objectives, method, tau, group)
+        if tables[stem] is None:
+            common.remove_table(out / stem)
+        else:
+            common.write_table(out / stem, tables[stem]["header"], tables[stem]["rows"],
+                               f"{title}: accuracy before ablation and Δ after ({method}, τ = {tau:g}, "
+                               f"{cfg['ablation']}-ablation; percentage points, mean ± std over seeds; Δ [low, high]: "
+                               f"{common.BOOTSTRAP_NOTE})\n\n"
+                               + common.markdown_table(tables[stem]["md_header"], tables[stem]["md_rows"]))
+    return tables
 
 
 def task_table(rows, tasks, objectives, method, tau, group):
     """Per benchmark task of `group` (held-out HH-RLHF pairs excluded): baseline and Δ of each RM type, mean ± std
-    over seeds; then the group average (per seed the unweighted mean over the group's tasks, as behaviour.py)."""
-    picked = [r for r in rows if r["method"] == method and r["tau"] == tau and not is_held_out(r["task"], tasks)
-              and (r["group"] or None) == group]
+    over seeds, Δ with its paired bootstrap interval; then the group average (per seed the unweighted mean over the
+    group's tasks, as behaviour.py)."""
+    picked = [r for r in rows if r["method"] == method and r["tau"] == tau
+              and not common.task_for(r["task"], tasks).held_out and (r["group"] or None) == group]
     members = list(dict.fromkeys(r["task"] for r in picked))
     if not members:
         return None
-    value = {(r["objective"], r["seed"], r["task"]): r for r in picked}
     items = {r["task"]: r["items"] for r in picked}
-
-    def complete(objective, names):
-        return [s for s in sorted({s for o, s, _ in value if o == objective})
-                if all((objective, s, t) in value for t in names)]
-
-    def stats(objective, field, names):
-        return common.mean_std([statistics.fmean(value[objective, s, t][field] for t in names)
-                                for s in complete(objective, names)])
-
-    def delta_ci(objective, names):
-        """Paired bootstrap over items of the seed-mean Δ (mean over `names`): each task's items resampled, the
-        same draw for every seed."""
-        seeds = complete(objective, names)
-        return seeds_ci([[(value[objective, s, t]["base_correct"], value[objective, s, t]["correct"]) for s in seeds]
-                         for t in names] if seeds else [])
-
     lines = [(t, common.task_for(t, tasks).display, items[t], [t]) for t in members]
     if group is not None:
         lines.append((f"average-{group}", "Average", sum(items.values()), members))
     header = ["task", "display", "items"] + [f"{o}_{k}" for o in objectives
                                              for k in ("base_mean", "base_std", "delta_mean", "delta_std", "seeds",
                                                        "delta_ci_low", "delta_ci_high")]
-    csv_rows, md_rows = [], []
+    csv_rows, md_rows, cells = [], [], {}
     for task, display, n, names in lines:
-        cells = {o: (stats(o, "base_accuracy", names), stats(o, "delta", names), delta_ci(o, names))
-                 for o in objectives}
-        csv_rows.append([task, display, n] + [v for o in objectives for v in (*cells[o][0][:2], *cells[o][1],
-                                                                               *cells[o][2])])
+        for o in objectives:
+            mine = [r for r in picked if r["objective"] == o and r["task"] in names]
+            cells[o] = common.summarise(mine, "base_accuracy"), common.summarise(mine, "delta", interval="delta")
+        csv_rows.append([task, display, n] + [v for o in objectives for v in (
+            cells[o][0].mean, cells[o][0].std, cells[o][1].mean, cells[o][1].std, cells[o][1].seeds, cells[o][1].low,
+            cells[o][1].high)])
         md_rows.append([f"**{display}**" if task.startswith("average-") else display, n]
-                       + [c for o in objectives for c in (pp(*cells[o][0][:2]),
-                                                          with_ci(pp(*cells[o][1][:2], sign=True), cells[o][2]))])
-    return {"header": header, "rows": csv_rows, "members": members,
+                       + [c for o in objectives for c in (common.cell(cells[o][0]), common.cell(cells[o][1], sign=True))])
+    return {"header": header, "rows": csv_rows, "members": members, "average": cells,  # the last line's (base, Δ)
             "md_header": ["Task", "Items"] + [c for o in objectives for c in (f"{o.title()} RM base", "Δ")],
             "md_rows": md_rows}
 
 
-def heldout_table(rows, cfg, objectives):
+def heldout_table(rows, cfg, objectives, tasks):
     """Accuracy on the held-out HH-RLHF pairs (all hh-* tasks of the RM pooled, item-weighted) per RM type,
-    method and τ, mean ± std over seeds."""
-    tasks = common.load_tasks()
-    pooled = {}  # (objective, method, tau) -> {seed: [correct after, correct before, items, per-item before, after]}
-    for r in rows:
-        if is_held_out(r["task"], tasks):
-            acc = pooled.setdefault((r["objective"], r["method"], r["tau"]), {}).setdefault(r["seed"],
-                                                                                           [0, 0, 0, [], []])
-            acc[0] += r["accuracy"] * r["items"]
-            acc[1] += r["base_accuracy"] * r["items"]
-            acc[2] += r["items"]
-            acc[3].append(r["base_correct"])
-            acc[4].append(r["correct"])
-    stats = {key: {"accuracy": common.mean_std([a / n for a, _, n, _, _ in per_seed.values()]),
-                   "base": common.mean_std([b / n for _, b, n, _, _ in per_seed.values()]),
-                   "delta": common.mean_std([(a - b) / n for a, b, n, _, _ in per_seed.values()]),
-                   "delta_ci": seeds_ci([[(numpy.concatenate(b), numpy.concatenate(a))
-                                          for _, _, _, b, a in per_seed.values()]]),
-                   "items": round(statistics.fmean(n for _, _, n, _, _ in per_seed.values()))}
+    method and τ, mean ± std over seeds, Δ with its paired bootstrap interval."""
+    pooled = {}  # (objective, method, tau) -> [one pooled row per seed]
+    for objective, seed, method, tau in dict.fromkeys((r["objective"], r["seed"], r["method"], r["tau"]) for r in rows):
+        mine = [r for r in rows if (r["objective"], r["seed"], r["method"], r["tau"]) == (objective, seed, method, tau)
+                and common.task_for(r["task"], tasks).held_out]
+        if mine:
+            pooled.setdefault((objective, method, tau), []).append(common.pool_tasks(mine, "hh-pooled"))
+    stats = {key: {"accuracy": common.summarise(per_seed, "accuracy"), "base": common.summarise(per_seed, "base_accuracy"),
+                   "delta": common.summarise(per_seed, "delta", interval="delta"),
+                   "items": round(statistics.fmean(r["items"] for r in per_seed))}
              for key, per_seed in pooled.items()}
     keys = [(o, m, t) for o in objectives for m in cfg["method"] for t in cfg["tau"] if (o, m, t) in stats]
     header = ["objective", "method", "tau", "items", "base_mean", "base_std", "accuracy_mean", "accuracy_std",
               "delta_mean", "delta_std", "seeds", "delta_ci_low", "delta_ci_high"]
-    csv_rows = [[o, m, f"{t:g}", stats[o, m, t]["items"], *stats[o, m, t]["base"][:2],
-                 *stats[o, m, t]["accuracy"][:2], *stats[o, m, t]["delta"], *stats[o, m, t]["delta_ci"]]
-                for o, m, t in keys]
+    csv_rows = [[o, m, f"{t:g}", stats[o, m, t]["items"], stats[o, m, t]["base"].mean, stats[o, m, t]["base"].std,
+                 stats[o, m, t]["accuracy"].mean, stats[o, m, t]["accuracy"].std,
+                 *dataclasses.astuple(stats[o, m, t]["delta"])] for o, m, t in keys]
     md_rows = []  # one row per RM type and method, one column per τ: ablated accuracy (Δ), means over seeds
     for o in objectives:
         for m in cfg["method"]:
             present = [t for t in cfg["tau"] if (o, m, t) in stats]
             if present:
                 first = stats[o, m, present[0]]
-                md_rows.append([f"{o} RM", m, first["items"], pp(first["base"][0])]
-                               + [f"{pp(stats[o, m, t]['accuracy'][0])} "
-                                  f"({with_ci(pp(stats[o, m, t]['delta'][0], sign=True), stats[o, m, t]['delta_ci'])})"
+                md_rows.append([f"{o} RM", m, first["items"], f"{100 * first['base'].mean:.2f}"]
+                               + [f"{100 * stats[o, m, t]['accuracy'].mean:.2f} "
+                                  f"({common.cell(stats[o, m, t]['delta'], sign=True, std=False)})"
                                   if (o, m, t) in stats else "–" for t in cfg["tau"]])
     return {"header": header, "rows": csv_rows, "stats": stats, "md_rows": md_rows,
             "md_header": ["RM", "Method", "Pairs", "Not ablated"] + [f"τ = {t:g} %" for t in cfg["tau"]]}
@@ -273,35 +222,44 @@ def heldout_table(rows, cfg, objectives):
 # Figures
 # ---------------------------------------------------------------------------------------------
 def fig5_tau(stats, cfg, objectives, path: Path):
-    """Fig. 5: held-out HH-RLHF accuracy against τ, one line per method, one panel per RM type; the dashed line is
-    the RM before ablation; error bars: ± std over seeds."""
+    """Fig. 5: held-out HH-RLHF accuracy after the ablation, per method, one panel per RM type: against τ where
+    several were swept (a line per method), as dots per method where there is one τ; the dashed line is the RM
+    before ablation; error bars: the paired 95 % bootstrap interval of Δ (the held-out table's), placed at the
+    baseline + Δ."""
     plt = common.pyplot()
     taus = sorted(cfg["tau"])
     fig, axes = plt.subplots(1, len(objectives), figsize=(4.2 * len(objectives), 3.6), sharey=True, squeeze=False)
     for ax, objective in zip(axes[0], objectives):
-        for method in cfg["method"]:
-            points = [(t, stats[objective, method, t]["accuracy"]) for t in taus if (objective, method, t) in stats]
+        for k, method in enumerate(cfg["method"]):
+            points = [(t, stats[objective, method, t]) for t in taus if (objective, method, t) in stats]
             color, marker = common.METHOD_STYLE[method]
-            ax.errorbar([t for t, _ in points], [100 * m for _, (m, _, _) in points],
-                        yerr=[100 * s for _, (_, s, _) in points], color=color, marker=marker, capsize=3,
-                        label=method)
-        base = [stats[objective, m, t]["base"][0] for m in cfg["method"] for t in taus
-                if (objective, m, t) in stats]
+            base = numpy.array([100 * p["base"].mean for _, p in points])
+            common.plot_estimates(ax, [t for t, _ in points] if len(taus) > 1 else [k],
+                                  [100 * p["accuracy"].mean for _, p in points],
+                                  base + [100 * p["delta"].low for _, p in points],
+                                  base + [100 * p["delta"].high for _, p in points], color=color, marker=marker,
+                                  label=method)
+        base = [stats[objective, m, t]["base"].mean for m in cfg["method"] for t in taus if (objective, m, t) in stats]
         if base:
             ax.axhline(100 * base[0], color=common.RM_COLORS[objective], linestyle="--", label="not ablated")
-        if len(taus) > 1 and taus[-1] / taus[0] >= 10:
-            ax.set_xscale("log")
-            ax.set_xticks(taus, [f"{t:g}" for t in taus])
-            ax.minorticks_off()
+        if len(taus) == 1:
+            ax.set_xticks(range(len(cfg["method"])), cfg["method"])
+            ax.set_xlim(-0.5, len(cfg["method"]) - 0.5)
+            ax.set_xlabel(f"neurons by (τ = {taus[0]:g} % of MLP neurons ablated)")
+        else:
+            if taus[-1] / taus[0] >= 10:
+                ax.set_xscale("log")
+                ax.set_xticks(taus, [f"{t:g}" for t in taus])
+                ax.minorticks_off()
+            ax.set_xlabel("τ: % of MLP neurons ablated")
         ax.set_ylim(0, 100)
         ax.axhline(50, color="black", linewidth=0.5, alpha=0.3)
-        ax.set_xlabel("τ: % of MLP neurons ablated")
         ax.set_title(f"{objective} RM", color=common.RM_COLORS[objective])
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("held-out HH-RLHF accuracy (%)")
     axes[0][-1].legend(fontsize="small", title="neurons by")
     fig.suptitle(f"{cfg['model']}: {cfg['ablation']}-ablation of each RM's own top-τ neurons (site {cfg['site']}; "
-                 "± std over seeds)", fontsize="medium")
+                 "bars: paired 95 % bootstrap interval of Δ over pairs)", fontsize="medium")
     common.save_figure(fig, path)
 
 
@@ -333,7 +291,20 @@ def fig7_scores(results, objectives, method, tau, cfg, path: Path):
 # ---------------------------------------------------------------------------------------------
 # The ablation section of report.md
 # ---------------------------------------------------------------------------------------------
-def report_section(cfg, runs, bench, bench_items, tables, heldout, method, tau, objectives) -> str:
+def beside_the_paper(tables, objectives) -> str:
+    """The group averages of Tables 2–3 (baseline / Δ) beside the paper's, as a Markdown table."""
+    ours = {}
+    for stem, group, _ in TABLES[:2]:
+        if tables[stem] is not None:
+            for objective, (base, delta) in tables[stem]["average"].items():
+                ours[objective, group] = f"{common.cell(base, std=False)} / {common.cell(delta, sign=True, std=False)}"
+    return common.markdown_table(["RM", "Tasks", "Ours", "Paper"],
+                                 [[f"{o} RM", f"{g} tasks", ours.get((o, g), "–"), f"{b:.2f} / {d:+.2f}"]
+                                  for o in objectives for g in ("harmless", "helpful") for b, d in [PAPER[o, g]]])
+
+
+def report_section(cfg, runs, bench, tables, heldout, method, tau, objectives) -> str:
+    folder = common.step_folder("ablate", cfg["site"])
     rms = ", ".join(f"{o} (seeds {', '.join(str(s) for oo, s in runs if oo == o)})" for o in objectives)
     sampled = f" (at most {cfg['max_items']} per task, a seeded subsample)" if cfg["max_items"] else ""
     chosen = "the paper's" if (method, tau) == ("magnitude", 10.0) else \
@@ -342,11 +313,11 @@ def report_section(cfg, runs, bench, bench_items, tables, heldout, method, tau, 
              f"RMs of `{cfg['model']}`: {rms}. Each RM ablates its OWN top-τ % MLP neurons (site `{cfg['site']}`, "
              f"{cfg['ablation']}-ablation at every token position) for each method ({', '.join(cfg['method'])}) and "
              f"τ ∈ {{{', '.join(f'{t:g}' for t in cfg['tau'])}}} %, and is evaluated before and after on its held-out "
-             f"HH-RLHF pairs and on {len(bench_items)} benchmark items{sampled} "
+             f"HH-RLHF pairs and on {len(bench.items)} benchmark items{sampled} "
              f"({', '.join(f'`{b}`' for b in cfg['bench'])}). Accuracy: min chosen > max rejected (strict); "
              "Δ = ablated − not ablated, percentage points; ± is the population std over seeds; [low, high] is the "
              f"paired interval of Δ ({common.BOOTSTRAP_NOTE}; with several seeds, of the seed-mean Δ, each task's "
-             "items drawn once for every seed). Every row is in `ablate/sweep.csv`.\n"]
+             f"items drawn once for every seed). Every row is in `{folder}/sweep.csv`.\n"]
     if cfg["ablation"] == "mean" and cfg["site"] == "act":
         lines.append("Mean-ablation at `act`: on a gated MLP (Llama: act(gate)·up) the up factor still multiplies "
                      "the replaced value, so the neuron's output is not its mean there; `--site down_in` is the true "
@@ -354,35 +325,23 @@ def report_section(cfg, runs, bench, bench_items, tables, heldout, method, tau, 
     lines += [f"### Tables 2–3: Δ accuracy per task ({method}, τ = {tau:g}: {chosen})\n"]
     for stem, group, title in TABLES:
         if tables[stem] is not None:
-            lines += [f"**{title}** (`ablate/{stem}.md`): baseline accuracy of each RM type and its change when it "
+            lines += [f"**{title}** (`{folder}/{stem}.md`): baseline accuracy of each RM type and its change when it "
                       "ablates its own neurons; the bold row is the unweighted mean over the group's tasks.\n",
                       common.markdown_table(tables[stem]["md_header"], tables[stem]["md_rows"])]
     lines += ["### Beside the paper\n",
               f"Group averages here ({method}, τ = {tau:g}) and the paper's (τ = 10, magnitude, mean of 6 backbones "
-              "× 3 seeds), baseline / Δ in percentage points.\n"]
-    ours = {}
-    for stem, group, _ in TABLES[:2]:
-        table = tables[stem]
-        if table is not None:
-            average = table["rows"][-1]
-            for k, objective in enumerate(objectives):
-                base, _, delta = average[3 + 7 * k: 6 + 7 * k]
-                ours[objective, group] = f"{pp(base)} / {pp(delta, sign=True)}"
-    lines.append(common.markdown_table(
-        ["RM", "Tasks", "Ours", "Paper"],
-        [[f"{o} RM", f"{g} tasks", ours.get((o, g), "–"), f"{b:.2f} / {d:+.2f}"]
-         for o in objectives for g in ("harmless", "helpful") for b, d in [PAPER[o, g]]]))
+              "× 3 seeds), baseline / Δ in percentage points.\n", beside_the_paper(tables, objectives)]
     lines += ["### Held-out HH-RLHF accuracy against τ (Fig. 5)\n",
               "Accuracy on each RM's own held-out pairs (the mixed RM: helpful-base and harmless-base pooled) after "
               "ablating its top-τ % neurons of each method; the dashed line is the RM before ablation. "
               "The paper sees magnitude and change drop far below random. Table: ablated accuracy (Δ [95 % interval]), "
-              "%, mean over seeds (± in `ablate/heldout.csv`).\n",
-              "![Fig. 5](ablate/fig5_tau.png)\n",
+              f"%, mean over seeds (± in `{folder}/heldout.csv`).\n",
+              f"![Fig. 5]({folder}/fig5_tau.png)\n",
               common.markdown_table(heldout["md_header"], heldout["md_rows"]),
               f"### Score distributions before and after (Fig. 7; {method}, τ = {tau:g})\n",
               "Per item, the lowest chosen and the highest rejected score, before and after the ablation: where "
               "the two distributions move together the RM no longer separates chosen from rejected.\n",
-              "![Fig. 7](ablate/fig7_scores.png)\n"]
+              f"![Fig. 7]({folder}/fig7_scores.png)\n"]
     lines += [f"- note: {note}" for note in bench.notes]
     lines += [f"- excluded as in the paper: {key} ({n} items)" for key, n in bench.excluded.items()]
     return "\n".join(lines) + "\n"

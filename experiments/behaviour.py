@@ -7,13 +7,12 @@ Tables 1, 11, 12, 15): accuracy per task and objective group, behavioural retent
     python experiments/behaviour.py --model gpt2-medium --bench rewardbench --bench rewardbench2 --bench rm-bench
 
 Scores every trained RM of the backbone (each objective and seed under --runs-dir, or those named) on the items
-of every --bench, reusing <run>/scores/<subset>.jsonl when it still fits. Writes <results-dir>/<model>/behaviour/
-{accuracy,groups,retention,calibration,official}.{csv,md}, fig2_accuracy.png, fig3_calibration.png,
-report_section.md and run.json, then <results-dir>/<model>/report.md. An item is correct under the paper rule
-(min chosen > max rejected, strict); the official scorers are in official.*. "±" is the population std over
-seeds, as in the paper; accuracy.* also gives <objective>_ci_low / _ci_high, the 95 % bootstrap interval over items
-(1000 resamples, seed 0) of the seed-mean accuracy, the items resampled jointly for all seeds.
+of every --bench, reusing the RM's score cache where it still fits; --max-length defaults to what the RMs'
+train.json records. Writes <results-dir>/<model>/behaviour/: accuracy, groups, retention, calibration and official
+tables (.csv + .md), fig2_accuracy.png, fig3_calibration.png, report_section.md and run.json; then
+<results-dir>/<model>/report.md. Every file's format: docs/artifacts.md; the definitions: docs/methods.md.
 """
+import dataclasses
 import math
 import statistics
 import sys
@@ -30,10 +29,9 @@ GROUPS = ("helpful", "harmless", None)  # None: subsets data/tasks.json does not
 GROUP_TITLES = {"helpful": "Helpfulness-oriented tasks", "harmless": "Harmlessness-oriented tasks",
                 None: "Tasks not in data/tasks.json"}
 SINGLE = ("helpful", "harmless")
-COLORS = common.RM_COLORS
 
 
-@click.command(context_settings={"show_default": True})
+@common.step()
 @common.rm_options
 @common.results_option
 @common.bench_option
@@ -41,22 +39,12 @@ COLORS = common.RM_COLORS
 @common.compute_options
 @click.option("--force", is_flag=True, help="Rescore every item even where cached scores exist.")
 def main(**cfg):
-    common.check_model(cfg["model"])
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
+    # RMs that are missing are named; the tables go on without them and say what is skipped
+    cfg, runs, missing, device, dtype = common.start_analysis(cfg, cfg["objective"], missing_ok=True)
     out = common.step_dir(cfg["results_dir"], cfg["model"], "behaviour")
 
     # load
-    tasks = common.load_tasks()
-    bench = common.load_benchmarks(cfg["bench"], tasks)
-    for note in bench.notes:
-        click.echo(f"note: {note}", err=True)
-    bench.items = common.cap_items(bench.items, cfg["max_items"])
-    runs, missing = common.find_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])
-    if not runs:
-        raise click.ClickException(common.missing_message(missing))
-    if missing:  # scored without them: retention and calibration say what is skipped
-        click.echo(common.missing_message(missing), err=True)
+    tasks, bench = common.load_bench(cfg)
 
     # run
     scores = {key: score_run(cfg, run, bench.items, device, dtype) for key, run in runs.items()}
@@ -65,25 +53,20 @@ def main(**cfg):
     subsets = ordered_subsets(bench, tasks)
     per = {key: common.group_by_subset(bench.items, values) for key, values in scores.items()}
     objectives = [o for o in cfg["objective"] if any(key[0] == o for key in runs)]
-    accuracy = {key: {s: common.paper_accuracy(v) for s, v in subset_scores.items()} for key, subset_scores in
-                per.items()}
+    rows = [{**row, "objective": o, "seed": s} for (o, s), values in scores.items()
+            for row in common.accuracy_rows(bench.items, values, tasks)]
     counts = {s: sum(item.subset == s for item in bench.items) for s in subsets}
     tables = {
-        "accuracy": accuracy_table(accuracy, per, subsets, objectives, tasks, bench, counts),
-        "groups": groups_table(accuracy, subsets, objectives, tasks),
+        "accuracy": accuracy_table(rows, subsets, objectives, tasks, bench, counts),
+        "groups": groups_table(rows, subsets, objectives, tasks),
         "retention": retention_table(per, subsets, tasks),
         "calibration": calibration_table(per, subsets, tasks),
         "official": official_table(per, objectives, tasks),
     }
 
     # save
-    for name, table in tables.items():
-        if table is not None:
-            common.write_table(out / name, table["header"], table["rows"],
-                               common.markdown_table(table["md_header"], table["md_rows"]))
-        else:
-            common.remove_table(out / name)
-    fig2_accuracy(accuracy, subsets, objectives, tasks, out / "fig2_accuracy.png", cfg["objective"])
+    write_tables(out, tables)
+    fig2_accuracy(rows, subsets, objectives, tasks, out / "fig2_accuracy.png", cfg["objective"])
     if tables["calibration"] is not None:
         fig3_calibration(tables["calibration"]["margins"], subsets, tasks, out / "fig3_calibration.png")
     else:
@@ -93,18 +76,27 @@ def main(**cfg):
         **common.run_record({**cfg, "device": str(device), "dtype": str(dtype)}),
         "rms": {f"{o}/seed{s}": str(run) for (o, s), run in runs.items()}, "missing": missing,
         "bench": {"sources": bench.sources, "items": counts, "excluded": bench.excluded, "notes": bench.notes},
-        "accuracy_per_seed": {f"{o}/seed{s}": values for (o, s), values in accuracy.items()},
+        "accuracy_per_seed": {f"{o}/seed{s}": {r["task"]: r["accuracy"] for r in rows
+                                                if (r["objective"], r["seed"]) == (o, s)} for o, s in scores},
     })
     report = common.write_report(cfg["results_dir"], cfg["model"])
     click.echo(f"behaviour of {len(runs)} RMs on {len(subsets)} tasks → {out}; report: {report}")
 
 
+def write_tables(out: Path, tables: dict):
+    """<name>.csv + .md of every table; one that could not be made (None) removes an earlier run's."""
+    for name, table in tables.items():
+        if table is not None:
+            common.write_table(out / name, table["header"], table["rows"],
+                               common.markdown_table(table["md_header"], table["md_rows"]))
+        else:
+            common.remove_table(out / name)
+
+
 def score_run(cfg, run: Path, items, device, dtype):
     model, tokenizer = common.load_reward_model(run / "rm", device)
-    max_length = min(cfg["max_length"], common.context_length(model))
-    return common.score_items(model, tokenizer, items, run / "scores", 2 * cfg["batch_size"], max_length, device, dtype,
-                              fingerprint=common.rm_fingerprint(run / "rm"), force=cfg["force"],
-                              desc=f"{run.parent.name} {run.name}")
+    return common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, cache_parent=run,
+                              desc=f"{run.parent.name} {run.name}", force=cfg["force"])
 
 
 def ordered_subsets(bench, tasks) -> list[str]:
@@ -112,10 +104,6 @@ def ordered_subsets(bench, tasks) -> list[str]:
     present = set(bench.subsets())
     known = [s for group in GROUPS[:2] for s, t in tasks.items() if t.objective == group and s in present]
     return known + [s for s in bench.subsets() if s not in tasks]
-
-
-def fmt(mean: float, std: float, scale: float = 100, digits: int = 2) -> str:
-    return "–" if math.isnan(mean) else f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
 def seeds_of(keys, objective) -> list[int]:
@@ -139,54 +127,38 @@ def group_rows(subsets, tasks, width, row_of, average_of=None):
     return rows
 
 
-def accuracy_ci(per, subset, objective) -> tuple[float, float]:
-    """95 % bootstrap interval over items of the seed-mean accuracy: every seed scores the same items, so one draw
-    of item indices per resample serves all seeds (with one seed: the plain interval of its accuracy)."""
-    correct = [[v.correct for v in per[objective, seed][subset]] for seed in seeds_of(per, objective)]
-    if not correct or len({len(c) for c in correct}) != 1:
-        return math.nan, math.nan
-    return common.bootstrap_mean_ci(numpy.array(correct, dtype=float))
+def accuracy_over(rows, objective, members, interval=None) -> common.Summary:
+    """Accuracy of the `objective` RMs over the tasks `members`: per seed the mean over them, then over seeds."""
+    return common.summarise([r for r in rows if r["objective"] == objective and r["task"] in members], "accuracy",
+                            interval)
 
 
-def fmt_ci(stats, ci) -> str:
-    """"mean [low, high]" in %, with "± std" over seeds before the interval where there are several seeds."""
-    mean, std, seeds = stats
-    if math.isnan(mean):
-        return "–"
-    text = f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
-    return text if math.isnan(ci[0]) else f"{text} [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
-
-
-def accuracy_table(accuracy, per, subsets, objectives, tasks, bench, counts):
-    stats = {(s, o): common.mean_std([accuracy[o, seed][s] for seed in seeds_of(accuracy, o)])
-             for s in subsets for o in objectives}
-    cis = {(s, o): accuracy_ci(per, s, o) for s in subsets for o in objectives}
+def accuracy_table(rows, subsets, objectives, tasks, bench, counts):
+    """Per task, accuracy mean ± std over seeds with the 95 % bootstrap interval over items of the seed mean (every
+    seed scores the same items, so one draw of items per resample serves all seeds)."""
+    stats = {(s, o): accuracy_over(rows, o, [s], "accuracy") for s in subsets for o in objectives}
     header = ["subset", "display", "group", "source", "items"] + [f"{o}_{k}" for o in objectives
                                                                    for k in ("mean", "std", "seeds", "ci_low",
                                                                              "ci_high")]
-    rows = [[s, common.task_for(s, tasks).display, common.task_for(s, tasks).objective or "", bench.sources[s],
-             counts[s]] + [v for o in objectives for v in (*stats[s, o], *cis[s, o])] for s in subsets]
+    csv_rows = [[s, common.task_for(s, tasks).display, common.task_for(s, tasks).objective or "", bench.sources[s],
+                 counts[s]] + [v for o in objectives for v in dataclasses.astuple(stats[s, o])] for s in subsets]
     md_rows = group_rows(subsets, tasks, 2 + len(objectives), lambda s: [common.task_for(s, tasks).display, counts[s]]
-                         + [fmt_ci(stats[s, o], cis[s, o]) for o in objectives])
-    return {"header": header, "rows": rows, "md_header": ["Task", "Items"] + [o.title() for o in objectives],
+                         + [common.cell(stats[s, o]) for o in objectives])
+    return {"header": header, "rows": csv_rows, "md_header": ["Task", "Items"] + [o.title() for o in objectives],
             "md_rows": md_rows}
 
 
-def group_means(accuracy, subsets, tasks, objective, group) -> tuple[float, float, int]:
-    """Per seed, the unweighted mean over the group's tasks (as the paper averages tasks); then over seeds."""
-    members = members_of(subsets, tasks, group)
-    return common.mean_std([statistics.fmean(accuracy[objective, seed][s] for s in members)
-                     for seed in seeds_of(accuracy, objective)] if members else [])
-
-
-def groups_table(accuracy, subsets, objectives, tasks):
+def groups_table(rows, subsets, objectives, tasks):
+    """Per objective group, per seed the unweighted mean over its tasks (as the paper averages tasks), then mean ±
+    std over seeds."""
     groups = [g for g in GROUPS[:2] if members_of(subsets, tasks, g)]
-    stats = {(g, o): group_means(accuracy, subsets, tasks, o, g) for g in groups for o in objectives}
+    stats = {(g, o): accuracy_over(rows, o, members_of(subsets, tasks, g)) for g in groups for o in objectives}
     header = ["group", "tasks"] + [f"{o}_{k}" for o in objectives for k in ("mean", "std", "seeds")]
     tasks_in = {g: len(members_of(subsets, tasks, g)) for g in groups}
-    rows = [[g, tasks_in[g]] + [v for o in objectives for v in stats[g, o]] for g in groups]
-    md_rows = [[GROUP_TITLES[g], tasks_in[g]] + [fmt(*stats[g, o][:2]) for o in objectives] for g in groups]
-    return {"header": header, "rows": rows, "md_header": ["Group", "Tasks"] + [o.title() for o in objectives],
+    csv_rows = [[g, tasks_in[g]] + [v for o in objectives for v in dataclasses.astuple(stats[g, o])[:3]]
+                for g in groups]
+    md_rows = [[GROUP_TITLES[g], tasks_in[g]] + [common.cell(stats[g, o]) for o in objectives] for g in groups]
+    return {"header": header, "rows": csv_rows, "md_header": ["Group", "Tasks"] + [o.title() for o in objectives],
             "md_rows": md_rows}
 
 
@@ -223,9 +195,10 @@ def retention_table(per, subsets, tasks):
             rows.append([f"average-{group}", "Average", group] + [v for m in measures for v in average(members, m)[:2]]
                         + [len(seeds)])
     md_rows = group_rows(subsets, tasks, 1 + len(measures),
-                         lambda s: [common.task_for(s, tasks).display] + [fmt(*stats[s, m][:2], 1, 4)
+                         lambda s: [common.task_for(s, tasks).display] + [common.cell(common.Summary(*stats[s, m]), 1, 4)
                                                                           for m in measures],
-                         lambda members: ["Average"] + [fmt(*average(members, m)[:2], 1, 4) for m in measures])
+                         lambda members: ["Average"] + [common.cell(common.Summary(*average(members, m)), 1, 4)
+                                                        for m in measures])
     return {"header": header, "rows": rows, "seeds": seeds, "md_rows": md_rows,
             "md_header": ["Task", "Retention M∩(H∪A)/(H∪A)", "HH–HA M∩A/A", "HH–HE M∩H/H"]}
 
@@ -276,11 +249,71 @@ def calibration_table(per, subsets, tasks):
                           "Mixed mean margin", "Mixed median margin"]}
 
 
+# ---------------------------------------------------------------------------------------------
+# The official scorers (SPEC §1), beside the paper rule
+# ---------------------------------------------------------------------------------------------
+def rb2_best_of_4(scores) -> float:
+    """RewardBench 2: credit 1 when the chosen response scores highest, 1/k when it ties with k-1 others at the
+    top, 0 otherwise; averaged over items."""
+    credit = []
+    for s in scores:
+        if len(s.chosen) != 1:
+            raise common.RMTError("the RewardBench 2 best-of-4 scorer needs exactly one chosen response per item; got "
+                                  f"{len(s.chosen)}")
+        top = max(s.chosen + s.rejected)
+        credit.append(1 / (s.chosen + s.rejected).count(top) if s.chosen[0] == top else 0.0)
+    return sum(credit) / len(credit) if credit else float("nan")
+
+
+def rm_bench_accuracy(scores) -> dict[str, float]:
+    """RM-Bench from M[i][j] = mean over items of (chosen_i > rejected_j), responses ordered by style (concise,
+    detailed, markdown): hard = upper triangle (chosen less styled than rejected), normal = diagonal, easy =
+    lower triangle."""
+    if not scores:
+        return {"easy": float("nan"), "normal": float("nan"), "hard": float("nan")}
+    n = len(scores[0].chosen)
+    if n < 2 or any(len(s.chosen) != n or len(s.rejected) != n for s in scores):
+        raise common.RMTError(f"the RM-Bench scorer needs n x n style variants (n >= 2, the same for every item); got "
+                              f"{sorted({(len(s.chosen), len(s.rejected)) for s in scores})}")
+    m = [[sum(s.chosen[i] > s.rejected[j] for s in scores) / len(scores) for j in range(n)] for i in range(n)]
+    off = n * (n - 1) / 2
+    return {"easy": sum(m[i][j] for i in range(n) for j in range(i)) / off,
+            "normal": sum(m[i][i] for i in range(n)) / n,
+            "hard": sum(m[i][j] for i in range(n) for j in range(i + 1, n)) / off}
+
+
+def rewardbench_sections(accuracy: dict[str, float], counts: dict[str, int], tasks) -> dict[str, float]:
+    """RewardBench section scores: accuracies of the section's subsets weighted by their item counts."""
+    sections: dict[str, list[tuple[float, int]]] = {}
+    for subset, value in accuracy.items():
+        section = common.task_for(subset, tasks).section
+        if section is not None:
+            sections.setdefault(section, []).append((value, counts[subset]))
+    return {name: sum(v * n for v, n in parts) / sum(n for _, n in parts) for name, parts in sections.items()}
+
+
+def official_scores(by_subset, tasks) -> list[tuple[str, str, float]]:
+    """(scorer, name, value) rows: RewardBench sections, RewardBench 2 best-of-4 per subset, RM-Bench
+    easy / normal / hard per subset, for whichever of those subsets were evaluated."""
+    rows = []
+    sections = rewardbench_sections({s: common.paper_accuracy(v) for s, v in by_subset.items()},
+                                    {s: len(v) for s, v in by_subset.items()}, tasks)
+    rows += [("rewardbench-section", name, sections[name]) for name in common.TASK_FIELDS["section"]
+             if name in sections]
+    for subset, scores in by_subset.items():
+        scorer = common.task_for(subset, tasks).scorer
+        if scorer == "rb2-best-of-4":
+            rows.append((scorer, subset, rb2_best_of_4(scores)))
+        elif scorer == "rm-bench-3x3":
+            rows += [(scorer, f"{subset} {level}", value) for level, value in rm_bench_accuracy(scores).items()]
+    return rows
+
+
 def official_table(per, objectives, tasks):
     """RewardBench sections, RewardBench 2 best-of-4 and RM-Bench easy / normal / hard, mean ± std over seeds."""
     values = {}  # (scorer, name, objective) -> [value per seed]
     for (objective, seed), subset_scores in per.items():
-        for scorer, name, value in common.official_scores(subset_scores, tasks):
+        for scorer, name, value in official_scores(subset_scores, tasks):
             values.setdefault((scorer, name, objective), []).append(value)
     names = list(dict.fromkeys((scorer, name) for scorer, name, _ in values))
     if not names:
@@ -290,15 +323,19 @@ def official_table(per, objectives, tasks):
     header = ["scorer", "name"] + [f"{o}_{k}" for o in objectives for k in ("mean", "std", "seeds")]
     rows = [[scorer, name] + [v for o in objectives for v in stats.get((scorer, name, o), empty)]
             for scorer, name in names]
-    md_rows = [[scorer, name] + [fmt(*stats.get((scorer, name, o), empty)[:2]) for o in objectives]
+    md_rows = [[scorer, name] + [common.cell(common.Summary(*stats.get((scorer, name, o), empty))) for o in objectives]
                for scorer, name in names]
     return {"header": header, "rows": rows, "md_rows": md_rows,
             "md_header": ["Scorer", "Score"] + [o.title() for o in objectives]}
 
 
-def fig2_accuracy(accuracy, subsets, objectives, tasks, path: Path, asked=common.OBJECTIVES):
-    """Fig. 2: accuracy per task and RM type (± std over seeds), one panel per objective group, its average last. A 0 %
-    bar is labelled "0", an RM type that was asked for but not trained "not run", so neither reads as the other."""
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+def fig2_accuracy(rows, subsets, objectives, tasks, path: Path, asked=common.OBJECTIVES):
+    """Fig. 2: accuracy per task and RM type (mean over seeds, with the accuracy table's 95 % bootstrap interval),
+    one panel per objective group, its average last. A 0 % bar is labelled "0", an RM type that was asked for but
+    not trained "not run", so neither reads as the other."""
     plt = common.pyplot()
     panels = [(g, members_of(subsets, tasks, g)) for g in GROUPS if members_of(subsets, tasks, g)]
     heights = [len(members) + (g is not None) for g, members in panels]
@@ -314,21 +351,21 @@ def fig2_accuracy(accuracy, subsets, objectives, tasks, path: Path, asked=common
                 for y in positions:
                     ax.text(1, y, f"{objective}: not run", va="center", fontsize=6, color="grey")
                 continue
-            stats = [common.mean_std([accuracy[objective, seed][s] for seed in seeds_of(accuracy, objective)])
-                     for s in members]
+            stats = [accuracy_over(rows, objective, [s], "accuracy") for s in members]
             if group is not None:
-                stats.append(group_means(accuracy, subsets, tasks, objective, group))
-            ax.barh(positions, [100 * m for m, _, _ in stats], height=width, xerr=[100 * sd for _, sd, _ in stats],
-                    color=COLORS[objective], label=objective, capsize=2)
-            for y, (m, _, _) in zip(positions, stats):
-                if m == 0:
-                    ax.text(1, y, "0", va="center", fontsize=6, color=COLORS[objective])
+                stats.append(accuracy_over(rows, objective, members, "accuracy"))
+            common.plot_estimates(ax, positions, [100 * st.mean for st in stats], [100 * st.low for st in stats],
+                                  [100 * st.high for st in stats], style="bars", horizontal=True, width=width,
+                                  color=common.RM_COLORS[objective], label=objective)
+            for y, st in zip(positions, stats):
+                if st.mean == 0:
+                    ax.text(1, y, "0", va="center", fontsize=6, color=common.RM_COLORS[objective])
         ax.set_yticks(range(len(labels)), labels)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_title(GROUP_TITLES[group])
         ax.grid(axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel("accuracy (%), min chosen > max rejected; error bars: ± std over seeds")
+    axes[-1, 0].set_xlabel(f"accuracy (%), min chosen > max rejected; error bars: {common.BOOTSTRAP_NOTE}")
     axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="RM")
     common.save_figure(fig, path)
 
@@ -344,7 +381,7 @@ def fig3_calibration(margins, subsets, tasks, path: Path):
         members = [s for s in subsets if (single, s) in margins]
         bins = numpy.histogram_bin_edges([v for s in members for k in ("single", "mixed")
                                           for v in margins[single, s][k]] or [0.0], bins=30)
-        for name, color in ((single, COLORS[single]), ("mixed", COLORS["mixed"])):
+        for name, color in ((single, common.RM_COLORS[single]), ("mixed", common.RM_COLORS["mixed"])):
             key = "mixed" if name == "mixed" else "single"
             pooled = [v for s in members for v in margins[single, s][key]]
             row[0].hist(pooled, bins=bins, alpha=0.5, color=color, label=f"{name} RM ({len(pooled)} items)")

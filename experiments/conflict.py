@@ -13,8 +13,8 @@ and --seed: g_harm = the mean over the harmless training pairs (common.scoring_p
 objective harmless, subsampled to --max-pairs with the run seed, as neurons.py) of the gradient of the
 Bradley–Terry loss −log σ(r(chosen) − r(rejected)); g_help the same over the helpful training pairs. Gradients are
 summed over batches of --batch-size pairs (one backward of the summed loss per batch) in float64 and divided by the
-pair count. They are taken with respect to each neuron's OWN parameters, from common.ARCHITECTURES
-(common.neuron_parameters): its input row(s) / column (GPT-2 c_fc column j and bias j; Llama gate_proj and up_proj
+pair count. They are taken with respect to each neuron's OWN parameters (NEURON_PARAMETERS, beside
+common.ARCHITECTURES): its input row(s) / column (GPT-2 c_fc column j and bias j; Llama gate_proj and up_proj
 rows j) and its output slice of the down projection (GPT-2 c_proj row j; Llama down_proj column j). Per neuron:
 cosine(g_help_j, g_harm_j) over the concatenation of those slices, and both norms.
 
@@ -29,24 +29,18 @@ No p can fall below 2^−B, so fewer than 5 helpful batches (α = 0.05) are refu
 is "clearly conflicting" when p_j < α = 0.05 and its cosine < 0 (α of the neurons by chance); "conflicting after
 FDR" when Benjamini–Hochberg at q = 0.05 over all neurons of the RM rejects it and its cosine < 0.
 
-Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/conflict.h5: cosine, help_norm, harm_norm, p_value
-[layers, d_mlp] and batch_projection [B, layers, d_mlp] (the d_bj), float64 (cosine and p NaN where a norm is 0);
-attributes null, null_description, rule, fdr_rule, alpha, fdr_q, batches, exact, draws (patterns used), p_min,
-pairs_helpful, pairs_harmless, settings (JSON; the file is reused while they equal the request, unless --force),
-config (JSON).
-Under <results-dir>/<model>/conflict/: layers.{csv,md} (per RM and layer: mean, quartiles, share < 0, share clearly
-conflicting and after FDR, chance = α), sets.{csv,md} (per RM: shared H∩A, helpful-only H\\A, harmless-only A\\H
-and rest, H and A the top-τ % neurons of the helpful and harmless RMs' <method>.h5 of the same seed, site act;
-mean cosine with a 95 % bootstrap interval over neurons, the same shares; skipped with the neurons.py command when
-a file is missing), partitions.{csv,md} (mean conflict of each partition in the mixed RM beside its Δ in
-../shared/partitions.csv, and their Pearson r over the partitions: 3 points, descriptive only), fig_layers.png
-(cosines and shares per layer), fig_sets.png (cosine and p-value histograms per set), report_section.md and
-run.json; then <results-dir>/<model>/report.md.
+Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/conflict.h5 (reused while the settings it records equal the
+request, unless --force) and, under <results-dir>/<model>/conflict/: layers (per RM and layer), sets (shared H∩A,
+helpful-only H\\A, harmless-only A\\H and rest; H and A the top-τ % neurons of the helpful and harmless RMs' neuron
+files of the same seed, site act, which must have been made in those RMs), partitions and partition_correlation
+(each partition's mean conflict beside its ablation Δ, from shared.py's partition file beside the mixed RM, which
+must have been made from the same H and A), figures, report_section.md and run.json; then
+<results-dir>/<model>/report.md. The data options default to what the RMs' train.json records. Formats:
+docs/artifacts.md; definitions (the test, its null, the rules): docs/methods.md.
 """
-import csv
 import json
 import math
-import statistics
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -54,14 +48,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
-import h5py
 import numpy
 import torch
 
 import common
 
 SETS = ("shared", "helpful-only", "harmless-only", "rest")
-PARTITIONS = ("helpful-only", "harmless-only", "shared")
+PARTITIONS = common.PARTITIONS
 GROUPS = ("harmless", "helpful")
 ALPHA = 0.05
 FDR_Q = 0.05
@@ -75,7 +68,7 @@ RULE = f"one-sided sign-flip p < {ALPHA:g} and cosine < 0"
 FDR_RULE = f"rejected by Benjamini–Hochberg at q = {FDR_Q:g} over all neurons of the RM, and cosine < 0"
 
 
-@click.command(context_settings={"show_default": True})
+@common.step()
 @common.rm_options
 @common.results_option
 @common.hh_data_options
@@ -89,17 +82,17 @@ FDR_RULE = f"rejected by Benjamini–Hochberg at q = {FDR_Q:g} over all neurons 
                    "Benjamini–Hochberg over all neurons can find.")
 @click.option("--force", is_flag=True, help="Recompute conflict.h5 even where an up-to-date one exists.")
 def main(**cfg):
-    common.check_model(cfg["model"])
-    cfg["method"] = tuple(dict.fromkeys(cfg["method"]))
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
-    runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any work
+    cfg, runs, _, device, dtype = common.start_analysis(cfg, cfg["objective"])
+    pairs = common.training_pairs(cfg, GROUPS)
     for seed in cfg["seed"]:  # the helpful batches are the test's units: too few can never reach α, so say it now
-        check_batches(len(common.scoring_pairs(cfg, "helpful", seed)), cfg["batch_size"])
+        check_batches(len(common.scoring_pairs(pairs, cfg, "helpful", seed)), cfg["batch_size"])
     out = common.step_dir(cfg["results_dir"], cfg["model"], "conflict")
 
-    computed = [compute_conflict(cfg, objective, seed, run, device, dtype) for (objective, seed), run in runs.items()]
+    computed = [compute_conflict(cfg, objective, seed, run, pairs, device, dtype)
+                for (objective, seed), run in runs.items()]
     notes = write_results(cfg, runs, out)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     common.write_json(out / "run.json", {**common.run_record({**cfg, "device": str(device), "dtype": str(dtype)}),
                                          "rms": computed, "notes": notes})
     report = common.write_report(cfg["results_dir"], cfg["model"])
@@ -107,16 +100,45 @@ def main(**cfg):
 
 
 # ---------------------------------------------------------------------------------------------
+# Each neuron's own parameters: which slices of which weights are neuron j's (an architecture's row here, beside
+# common.ARCHITECTURES): row or column j of each input projection (and element j of its bias), and row or column j
+# of the down projection's weight (its bias is shared by all neurons).
+# ---------------------------------------------------------------------------------------------
+# model_type -> (MLP input projection(s) inside a block, the weight axis indexing neurons there (GPT-2's Conv1D
+# [d_model, d_mlp] → 1; nn.Linear [d_mlp, d_model] → 0), the down projection's (Conv1D [d_mlp, d_model] → 0;
+# nn.Linear [d_model, d_mlp] → 1))
+_GATED_PARAMETERS = (("mlp.gate_proj", "mlp.up_proj"), 0, 1)
+NEURON_PARAMETERS = {"gpt2": (("mlp.c_fc",), 1, 0), "llama": _GATED_PARAMETERS, "qwen2": _GATED_PARAMETERS,
+                     "mistral": _GATED_PARAMETERS, "gpt_neox": (("mlp.dense_h_to_4h",), 0, 1)}
+
+
+def neuron_parameters(model) -> list[list[tuple[torch.nn.Parameter, int]]]:
+    """Per layer, (parameter, the axis indexing its neurons) for every parameter that holds one slice per MLP neuron:
+    the input projections' weights and biases (a bias has one element per neuron) and the down projection's weight.
+    Index j along that axis of each is neuron j's own parameters."""
+    arch = common.arch_of(model)
+    if model.config.model_type not in NEURON_PARAMETERS:
+        raise common.RMTError(f"architecture '{model.config.model_type}' has no row in conflict.NEURON_PARAMETERS: "
+                              "add its MLP input projection(s) and the axes that index neurons")
+    inputs, in_axis, down_axis = NEURON_PARAMETERS[model.config.model_type]
+    layers = []
+    for layer in common.transformer_layers(model):
+        params = []
+        for path in inputs:
+            module = layer.get_submodule(path)
+            params.append((module.weight, in_axis))
+            if getattr(module, "bias", None) is not None:
+                params.append((module.bias, 0))
+        params.append((layer.get_submodule(arch.down).weight, down_axis))
+        layers.append(params)
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
 # Gradients with respect to each neuron's own parameters
 # ---------------------------------------------------------------------------------------------
-def bt_loss(reward: torch.Tensor, n: int) -> torch.Tensor:
-    """Σ over the batch's pairs of −log σ(r(chosen) − r(rejected))."""
-    margin = reward[:n] - reward[n:]
-    return torch.nn.functional.softplus(-margin).sum()
-
-
 def neuron_axes(model) -> list[list[int]]:
-    return [[axis for _, axis in layer] for layer in common.neuron_parameters(model)]
+    return [[axis for _, axis in layer] for layer in neuron_parameters(model)]
 
 
 def neuron_dots(a, b, axes) -> torch.Tensor:
@@ -139,12 +161,12 @@ def unit_directions(grads, axes):
 
 def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradients", total=None,
                      token_budget: int | None = None):
-    """Mean over pairs of the Bradley–Terry loss gradient w.r.t. common.neuron_parameters, as float64 tensors per
+    """Mean over pairs of the Bradley–Terry loss gradient w.r.t. neuron_parameters, as float64 tensors per
     layer in that order, batches as common.pair_batches makes them (each in forwards of at most `token_budget`
     tokens). With `direction` (unit_directions of another objective's gradients), also every batch's SUMMED
     gradient projected on it per neuron, from the same backward: [batches, layers, d_mlp] float64 on the CPU.
     Returns (grads, projections or None, pairs)."""
-    layout = common.neuron_parameters(model)
+    layout = neuron_parameters(model)
     params = [p for layer in layout for p, _ in layer]
     axes = neuron_axes(model)
 
@@ -163,7 +185,7 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 with common.autocast(device, dtype):
                     reward = common.rewards(model, input_ids, mask)
-                for total_grad, grad in zip(grads, torch.autograd.grad(bt_loss(reward, n), params)):
+                for total_grad, grad in zip(grads, torch.autograd.grad(common.bradley_terry_loss(reward[:n], reward[n:]), params)):
                     total_grad += grad.double()
             for running, grad in zip(sums, grads):
                 running += grad
@@ -171,7 +193,7 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
                 projections.append(neuron_dots(per_layer(grads), direction, axes))
             pairs += len(batch)
     if not pairs:
-        raise click.ClickException("no pairs to take gradients on")
+        raise common.RMTError("no pairs to take gradients on")
     return per_layer(s / pairs for s in sums), torch.stack(projections).cpu() if projections else None, pairs
 
 
@@ -199,7 +221,7 @@ def min_batches(alpha: float = ALPHA) -> int:
 
 
 def check_batches(pairs: int, batch_size: int, alpha: float = ALPHA) -> int:
-    """The helpful batch count B; a ClickException that says how to get enough batches where no p could fall
+    """The helpful batch count B; an RMTError that says how to get enough batches where no p could fall
     below α."""
     batches = math.ceil(pairs / batch_size)
     need = min_batches(alpha)
@@ -207,7 +229,7 @@ def check_batches(pairs: int, batch_size: int, alpha: float = ALPHA) -> int:
         return batches
     fix = (f"--batch-size {(pairs - 1) // (need - 1)} or less" if pairs >= need
            else f"--max-pairs {need} or more (and enough helpful training pairs) at --batch-size 1")
-    raise click.ClickException(
+    raise common.RMTError(
         f"the sign-flip test's units are the helpful batches, and {pairs} helpful pairs at --batch-size {batch_size} "
         f"make only {batches}: 2^{batches} = {2 ** batches} sign patterns, so no p-value can fall below "
         f"{2.0 ** -batches:.3g} (≥ α = {alpha:g}) and no neuron could ever count as clearly conflicting. "
@@ -289,25 +311,25 @@ def conflict_path(run: Path) -> Path:
     return common.neuron_dir(run, "act") / "conflict.h5"
 
 
-def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -> dict:
-    """Write (or reuse) one RM's conflict.h5; returns a line for run.json."""
+def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, device, dtype) -> dict:
+    """Write (or reuse) one RM's conflict.h5, on the helpful and harmless pairs of `training` (as
+    common.training_pairs gives them); returns a line for run.json."""
     tag = f"[{objective} seed {seed}]"
-    model, tokenizer = common.load_reward_model(run / "rm", device)
-    max_length = min(cfg["max_length"], common.context_length(model))
-    pairs = {name: common.scoring_pairs(cfg, name, seed) for name in GROUPS}
+    from transformers import AutoConfig
+
+    max_length = min(cfg["max_length"], common.context_length(AutoConfig.from_pretrained(run / "rm")))
+    pairs = {name: common.scoring_pairs(training, cfg, name, seed) for name in GROUPS}
     helpful_batches = math.ceil(len(pairs["helpful"]) / cfg["batch_size"])
     settings = conflict_settings(cfg, run, pairs, max_length, dtype, helpful_batches)
     path = conflict_path(run)
-    differs = "" if not path.exists() else common.settings_difference(common.stored_settings(path), settings)
-    if path.exists() and not differs and not cfg["force"]:
+    if common.reuse(path, common.h5_settings, settings, force=cfg["force"], tag=f"{tag} "):
         click.echo(f"{tag} {path} up to date", err=True)
         return {"objective": objective, "seed": seed, "reused": True}
-    if differs:
-        click.echo(f"{tag} {path} was made with {differs}: recomputing", err=True)
+    model, tokenizer = common.load_reward_model(run / "rm", device)
 
     def gradients(name, direction=None):
         if not pairs[name]:
-            raise click.ClickException(f"{tag} no {name} training pairs")
+            raise common.RMTError(f"{tag} no {name} training pairs")
         batches = common.pair_batches(*common.encode_pairs(tokenizer, pairs[name], max_length), cfg["batch_size"],
                                       tokenizer.pad_token_id)
         return neuron_gradients(model, batches, device, dtype, direction, desc=f"{name} gradients in {objective}",
@@ -326,7 +348,18 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
     p_value[numpy.isnan(cosine.numpy())] = math.nan  # a zero gradient is no test (its p would read 1)
     seconds = time.perf_counter() - started
 
-    with common.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    write_conflict(path, cfg, objective, seed, settings, cosine, help_norm, harm_norm, p_value, projections,
+                   exact, patterns, pairs_helpful, pairs_harmless)
+    click.echo(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
+               f"harmless pairs in {seconds:.1f} s → {path}", err=True)
+    return {"objective": objective, "seed": seed, "pairs_helpful": pairs_helpful, "pairs_harmless": pairs_harmless,
+            "batches": len(projections), "exact": exact, "seconds": round(seconds, 2)}
+
+
+def write_conflict(path, cfg, objective, seed, settings, cosine, help_norm, harm_norm, p_value, projections, exact,
+                   patterns, pairs_helpful, pairs_harmless):
+    """conflict.h5 (docs/artifacts.md): the per-neuron arrays, the batch projections, the test and its settings."""
+    def fill(f):
         for name, value in (("cosine", cosine.numpy()), ("help_norm", help_norm.numpy()),
                             ("harm_norm", harm_norm.numpy()), ("p_value", p_value),
                             ("batch_projection", projections.numpy())):
@@ -338,10 +371,8 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
                         "pairs_harmless": pairs_harmless, "layers": cosine.shape[0], "d_mlp": cosine.shape[1],
                         "settings": json.dumps(settings),
                         "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)})
-    click.echo(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
-               f"harmless pairs in {seconds:.1f} s → {path}", err=True)
-    return {"objective": objective, "seed": seed, "pairs_helpful": pairs_helpful, "pairs_harmless": pairs_harmless,
-            "batches": len(projections), "exact": exact, "seconds": round(seconds, 2)}
+
+    common.write_h5(path, fill)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,9 +380,11 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, device, dtype) -
 # ---------------------------------------------------------------------------------------------
 def read_conflict(run: Path) -> dict:
     """The file's per-neuron arrays and test attributes, with the masks `conflicting` (RULE) and `fdr` (FDR_RULE)."""
-    with h5py.File(conflict_path(run), "r") as f:
+    def read(f):
         data = {name: f[name][()] for name in ("cosine", "help_norm", "harm_norm", "p_value")}
-        data.update({k: f.attrs[k] for k in ("pairs_helpful", "pairs_harmless", "batches", "exact", "draws", "p_min")})
+        return data | {k: f.attrs[k] for k in ("pairs_helpful", "pairs_harmless", "batches", "exact", "draws", "p_min")}
+
+    data = common.read_h5(conflict_path(run), read)
     negative = data["cosine"] < 0  # p < α already implies D < 0, which has the cosine's sign: this guards rounding
     data["conflicting"] = (data["p_value"] < ALPHA) & negative
     data["fdr"] = benjamini_hochberg(data["p_value"], FDR_Q) & negative
@@ -372,39 +405,57 @@ def distribution(cosine: numpy.ndarray, conflicting: numpy.ndarray, fdr: numpy.n
             "chance": ALPHA}
 
 
-def neuron_sets(cfg, runs, seed, method) -> tuple[dict[str, numpy.ndarray] | None, str]:
-    """{set: bool mask} from the helpful and harmless RMs' neuron files of this seed, or (None, why not)."""
-    masks, missing = {}, []
+def neuron_sets(cfg, seed, method) -> tuple[dict[str, numpy.ndarray] | None, dict, str]:
+    """({set: bool mask}, the content hashes of H and A, "") from the helpful and harmless RMs' neuron files of this
+    seed (site act), or (None, {}, why not, with the command that makes what is missing or stale)."""
+    masks, problems = {}, []
     for objective in ("helpful", "harmless"):
         run = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
+        remake = common.neurons_command({**cfg, "site": "act"}, objective, seed, [method])
         path = common.neuron_dir(run, "act") / f"{method}.h5"
-        if not path.exists():
-            missing.append(f"no {path}; make it with:\n  "
-                           f"{common.neurons_command({**cfg, 'site': 'act'}, objective, seed, [method])}")
-            continue
-        with h5py.File(path, "r") as f:
-            masks[objective] = common.select_top(torch.from_numpy(f["score"][()]), cfg["tau"]).numpy()
-    if missing:
-        return None, "\n".join(missing)
+        try:
+            problem = common.rm_problem(run)
+            if problem:
+                raise common.RMTError(problem)
+            identity = common.neuron_settings({**cfg, "site": "act"}, run / "rm", None, None, None)
+            common.reuse(path, common.h5_settings, identity, keys=common.NEURON_IDENTITY, remake=remake)
+            masks[objective] = common.select_top(common.read_neurons(path, remake).score, cfg["tau"]).numpy()
+        except common.RMTError as err:
+            problems.append(str(err))
+    if problems:
+        return None, {}, "\n".join(problems)
     H, A = masks["helpful"], masks["harmless"]
-    return {"shared": H & A, "helpful-only": H & ~A, "harmless-only": A & ~H, "rest": ~(H | A)}, ""
+    hashes = {"helpful_set": common.mask_fingerprint(H), "harmless_set": common.mask_fingerprint(A)}
+    return {**common.partitions(H, A), "rest": ~(H | A)}, hashes, ""
 
 
-def group_deltas(cfg, seed, method) -> dict | None:
-    """{(partition, group): Δ} from ../shared/partitions.csv for this seed, method and τ: the unweighted mean over
-    the group's benchmark tasks (held-out HH-RLHF pairs excluded, as shared.py's Table 4); None without the file."""
-    path = common.step_dir(cfg["results_dir"], cfg["model"], "shared") / "partitions.csv"
-    if not path.exists():
-        return None
+def group_deltas(cfg, run: Path, method: str, hashes: dict) -> tuple[dict | None, str]:
+    """({(partition, group): Δ}, "") from shared.py's partition file beside the mixed RM `run` (zero-ablation, site
+    act) for this method and τ — per group the mean over its benchmark tasks (held-out HH-RLHF pairs excluded, as
+    shared.py's Table 4) — when it was made in this RM from the same H and A; else (None, why, with the shared.py
+    command that remakes it)."""
+    path = common.partitions_path(run, "act", "zero")
+    configuration = f"{method}-tau{cfg['tau']:g}"
+    seed = int(run.name.removeprefix("seed"))
+    remake = shlex.join(["python", "experiments/shared.py", "--model", cfg["model"], "--seed", str(seed),
+                         "--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg["results_dir"]),
+                         "--method", method, "--tau", f"{cfg['tau']:g}"])
+
+    def recorded(path):
+        stored = common.read_json(path)
+        return {**stored["settings"], **{k: v for k, v in stored["configurations"].get(configuration, {}).items()
+                                         if k != "rows"}}
+
+    wanted = {"rm_weights": common.rm_fingerprint(run / "rm"), "site": "act", **hashes}
+    try:
+        common.reuse(path, recorded, wanted, keys=wanted, remake=remake)
+        rows = common.read_json(path)["configurations"][configuration]["rows"]
+    except (common.RMTError, KeyError, TypeError) as err:
+        return None, str(err) if isinstance(err, common.RMTError) else f"{path} is damaged; remake it with:\n  {remake}"
     tasks = common.load_tasks()
-    per = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if (int(r["seed"]), r["method"], float(r["tau"])) != (seed, method, float(cfg["tau"])) \
-                    or r["partition"] not in PARTITIONS or common.task_for(r["task"], tasks).benchmark == "hh-rlhf":
-                continue
-            per.setdefault((r["partition"], r["group"]), []).append(float(r["delta"]))
-    return {key: statistics.fmean(v) for key, v in per.items()}
+    rows = [{**r, "seed": seed} for r in rows if not common.task_for(r["task"], tasks).held_out]
+    return {(p, g): common.summarise([r for r in rows if (r["partition"], r["group"]) == (p, g)], "delta").mean
+            for p in PARTITIONS for g in GROUPS if any((r["partition"], r["group"]) == (p, g) for r in rows)}, ""
 
 
 def pearson(x, y) -> float:
@@ -416,8 +467,9 @@ def pearson(x, y) -> float:
 
 
 def write_results(cfg, runs, out: Path) -> list[str]:
+    """Every table, figure and the report section from the conflict.h5 files of `runs`; returns the notes (tables
+    skipped, and why)."""
     data = {key: read_conflict(run) for key, run in runs.items()}
-    notes = []
     layer_rows = []
     for (objective, seed), d in data.items():
         for layer in range(d["cosine"].shape[0]):
@@ -427,50 +479,23 @@ def write_results(cfg, runs, out: Path) -> list[str]:
                            **distribution(*(d[k].ravel() for k in ("cosine", "conflicting", "fdr")))})
     common.write_rows(out / "layers", layer_rows, 3)
 
-    set_rows, partition_rows, correlation_rows, sets_for_plot = [], [], [], {}
-    plot_rm = "mixed" if "mixed" in cfg["objective"] else cfg["objective"][0]
+    notes, set_rows, partition_rows, correlation_rows, sets_for_plot = [], [], [], [], {}
     for seed in cfg["seed"]:
         for method in cfg["method"]:
-            sets, why = neuron_sets(cfg, runs, seed, method)
+            sets, hashes, why = neuron_sets(cfg, seed, method)
             if sets is None:
                 notes.append(f"seed {seed}, {method}: neuron-set tables skipped: {why}")
                 continue
-            for objective in cfg["objective"]:
-                d = data[objective, seed]
-                for name in SETS:
-                    tested = sets[name] & ~numpy.isnan(d["cosine"])
-                    values = d["cosine"][tested]
-                    low, high = common.bootstrap_mean_ci(values)
-                    share = {k: float(d[k][tested].mean()) if values.size else math.nan
-                             for k in ("conflicting", "fdr")}
-                    set_rows.append({"seed": seed, "objective": objective, "method": method, "tau": cfg["tau"],
-                                     "set": name, "neurons": int(values.size),
-                                     "mean_cosine": float(values.mean()) if values.size else math.nan,
-                                     "ci_low": low, "ci_high": high,
-                                     "share_negative": float((values < 0).mean()) if values.size else math.nan,
-                                     "share_conflicting": share["conflicting"], "share_fdr": share["fdr"]})
-                    if (objective, seed, method) == (plot_rm, cfg["seed"][0], cfg["method"][0]):
-                        sets_for_plot[name] = (values, d["p_value"][tested])
-                        sets_for_plot["_rm"] = objective
+            set_rows += set_table(cfg, data, seed, method, sets, sets_for_plot)
             if ("mixed", seed) not in data:
                 continue
-            deltas = group_deltas(cfg, seed, method)
+            deltas, why = group_deltas(cfg, runs["mixed", seed], method, hashes)
             if deltas is None:
-                note = "no ../shared/partitions.csv: the partition table is skipped (run shared.py)"
-                notes += [note] if note not in notes else []
+                notes.append(f"seed {seed}, {method}: the partition table is skipped: {why}")
                 continue
-            means = {}
-            for partition in PARTITIONS:
-                values = data["mixed", seed]["cosine"][sets[partition]]
-                means[partition] = float(numpy.nanmean(values)) if (~numpy.isnan(values)).any() else math.nan
-                partition_rows.append({"seed": seed, "method": method, "tau": cfg["tau"], "partition": partition,
-                                       "neurons": int(sets[partition].sum()), "mean_cosine": means[partition],
-                                       **{f"delta_{g}": deltas.get((partition, g), math.nan) for g in GROUPS}})
-            for group in GROUPS:
-                correlation_rows.append({"seed": seed, "method": method, "tau": cfg["tau"], "group": group,
-                                         "partitions": len(PARTITIONS), "pearson_r": pearson(
-                                             [means[p] for p in PARTITIONS],
-                                             [deltas.get((p, group), math.nan) for p in PARTITIONS])})
+            rows, correlations = partition_table(cfg, data["mixed", seed]["cosine"], seed, method, sets, deltas)
+            partition_rows += rows
+            correlation_rows += correlations
     common.write_rows(out / "sets", set_rows, 3)
     common.write_rows(out / "partitions", partition_rows, 3)
     common.write_rows(out / "partition_correlation", correlation_rows, 3)
@@ -479,6 +504,46 @@ def write_results(cfg, runs, out: Path) -> list[str]:
     common.write_text(out / "report_section.md", report_section(cfg, data, layer_rows, set_rows, partition_rows,
                                                                 correlation_rows, notes))
     return notes
+
+
+def set_table(cfg, data, seed, method, sets, sets_for_plot) -> list[dict]:
+    """Per RM of this seed and per neuron set: mean cosine with a bootstrap interval over neurons and the shares
+    the rules flag. Fills `sets_for_plot` for the RM fig_sets.png shows (the mixed one, first seed and method)."""
+    plot_rm = "mixed" if "mixed" in cfg["objective"] else cfg["objective"][0]
+    rows = []
+    for objective in cfg["objective"]:
+        d = data[objective, seed]
+        for name in SETS:
+            tested = sets[name] & ~numpy.isnan(d["cosine"])
+            values = d["cosine"][tested]
+            low, high = common.bootstrap_mean_ci(values)
+            share = {k: float(d[k][tested].mean()) if values.size else math.nan for k in ("conflicting", "fdr")}
+            rows.append({"seed": seed, "objective": objective, "method": method, "tau": cfg["tau"], "set": name,
+                         "neurons": int(values.size), "mean_cosine": float(values.mean()) if values.size else math.nan,
+                         "ci_low": low, "ci_high": high,
+                         "share_negative": float((values < 0).mean()) if values.size else math.nan,
+                         "share_conflicting": share["conflicting"], "share_fdr": share["fdr"]})
+            if (objective, seed, method) == (plot_rm, cfg["seed"][0], cfg["method"][0]):
+                sets_for_plot[name] = (values, d["p_value"][tested])
+                sets_for_plot["_rm"] = objective
+    return rows
+
+
+def partition_table(cfg, cosine, seed, method, sets, deltas) -> tuple[list[dict], list[dict]]:
+    """Each partition's mean conflict in the mixed RM (`cosine`) beside its ablation Δ per group, and their Pearson r
+    over the partitions per group."""
+    rows, means = [], {}
+    for partition in PARTITIONS:
+        values = cosine[sets[partition]]
+        means[partition] = float(numpy.nanmean(values)) if (~numpy.isnan(values)).any() else math.nan
+        rows.append({"seed": seed, "method": method, "tau": cfg["tau"], "partition": partition,
+                     "neurons": int(sets[partition].sum()), "mean_cosine": means[partition],
+                     **{f"delta_{g}": deltas.get((partition, g), math.nan) for g in GROUPS}})
+    correlations = [{"seed": seed, "method": method, "tau": cfg["tau"], "group": group, "partitions": len(PARTITIONS),
+                     "pearson_r": pearson([means[p] for p in PARTITIONS],
+                                          [deltas.get((p, group), math.nan) for p in PARTITIONS])}
+                    for group in GROUPS]
+    return rows, correlations
 
 
 def plot_layers(cfg, data, layer_rows, path):

@@ -9,48 +9,15 @@ Fig. 4, Table 16).
         --method attribution --validate-attribution 32 --validate-pairs 16
 
 Scoring data: the training pairs of the RM's own objective (the same split, held-out rule and seeded
-subsample as train.py). Each batch holds the chosen AND the rejected transcript of the same pairs, run in one
-forward pass with a hook on every layer that adds the activations to float64 running sums (rmt_kernels).
+subsample as train.py; the data options default to what the RM's train.json records). Each batch holds the
+chosen AND the rejected transcript of the same pairs, run in one forward pass with a hook on every layer that
+adds the activations to float64 running sums (rmt_kernels).
 
-Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/<method>.h5:
-  score [layers, d_mlp] float32 — magnitude: (I_chosen + I_rejected) / 2 with I = sum / tokens, the mean
-      activation over real tokens; change: sqrt(sq_sum / tokens) over the chosen and rejected tokens together,
-      the RMS of (a_trained − a_base); random: uniform [0, 1) from a torch.Generator seeded with the seed and
-      the objective (random_generator); attribution (ours, opt-in with --method attribution; one backward per
-      batch): |mean over pairs of −Σ_tokens a · ∂m/∂a|, the first-order estimate of how much zero-ablating the
-      neuron changes the margin m = r(chosen) − r(rejected), its sign kept in the dataset `signed`.
-  chosen/, rejected/ — sum, abs_sum, sq_sum, pos_count [layers, d_mlp] float64 and tokens (scalar) of the RM's
-      activations, in every file (mean-ablation reads the per-neuron mean from them).
-  sq_diff/chosen/, sq_diff/rejected/ (change only) — sq_sum = Σ (a_trained − a_base)² and tokens.
-  pair_rmsd [pairs] float64 — per pair, RMSD over all neurons between the token-mean activation vectors of
-      chosen and rejected.
-  attributes: method, site, model, objective, seed, backend, pairs, layers, d_mlp, settings (JSON: everything
-      that shapes the numbers; a file is reused only when they equal the request, else rescored), config (JSON).
---site down_in writes to neurons/down_in/ instead, so both sites can exist side by side.
-and under <results-dir>/<model>/neurons/ (neurons/down_in/ for that site): layers.csv/.md and fig4_layers.png (share of the top-τ % neurons in
-the early / middle / late third of the layers; layer l is in third floor(3·l / layers)), rmsd.csv/.md
-(Table 16), report_section.md and run.json.
-
-Validation of the attribution (ours, issue #13; --validate-attribution N, default 0 = off): per RM, N single neurons
-(the top N // 2 by |attribution| and the rest drawn without replacement from the others by a torch.Generator seeded
-with the seed and the objective, so the sample spans the range) and the top-k groups by |attribution| for k in 1, 10,
-100 (capped at layers × d_mlp; rank order and ties as rmt_kernels.top_tau). On --validate-pairs P pairs (default 16:
-a subsample of the RM's scoring pairs drawn with the seed), predicted Δm = the attribution (AttributionPass) on
-those pairs, a group's the sum of its members' signed values (the first-order additive estimate), and measured
-Δm = mean over the pairs of the margin with the unit zero-ablated at every token (common.ablation_hooks, same site)
-minus the plain margin: one forward over the P pairs per unit, chosen and rejected in the same batches of
---batch-size pairs. Needs attribution.h5 (made when missing or stale). Under the same results folder:
-  attribution_validation.csv/.md — one row per RM and unit: objective, seed, kind (single | top-k), k, layer,
-      neuron (singles), rank (1-based, by |attribution|; singles), pairs, predicted, measured, predicted_all_pairs
-      (the .h5's `signed`, the estimate over all scoring pairs).
-  attribution_validation_summary.csv/.md — per RM: pairs, singles, spearman (ρ of predicted vs measured over the
-      singles) with spearman_ci_low / _ci_high (95 % percentile bootstrap over neurons, common.bootstrap_ci),
-      top1_share, top5_share, top10_share (share of the k singles with the largest |measured| among the k largest
-      |predicted|; NaN unless k < singles).
-  fig_attribution_validation.png — predicted vs measured Δm of the singles (symlog axes), identity line.
-  and a paragraph at the end of report_section.md. A run without the validation removes an earlier run's files.
-  Under bf16 autocast (--dtype auto on a GPU) rounding puts a floor under the measured effect of a weak neuron:
-  --dtype float32 measures it cleanly.
+Writes <runs-dir>/<model>/<objective>/seed<k>/neurons/<method>.h5 (--site down_in: neurons/down_in/), reused only
+while every setting it records equals the request; and under <results-dir>/<model>/neurons/ (neurons/down_in/):
+layers (Fig. 4), rmsd (Table 16), with --validate-attribution attribution_validation and its summary, figures,
+report_section.md and run.json. Formats: docs/artifacts.md; definitions (scores, selection, the validation of
+the attribution against real zero-ablation): docs/methods.md.
 """
 import math
 import sys
@@ -59,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
-import h5py
 import numpy
 import torch
 
@@ -71,7 +37,7 @@ GROUP_KS = (1, 10, 100)  # top-k groups by |attribution| ablated together (cappe
 SHARE_KS = (1, 5, 10)  # top-k agreement of |predicted| and |measured| among the sampled single neurons
 
 
-@click.command(context_settings={"show_default": True})
+@common.step()
 @common.rm_options
 @common.results_option
 @common.hh_data_options
@@ -88,25 +54,35 @@ SHARE_KS = (1, 5, 10)  # top-k agreement of |predicted| and |measured| among the
 @click.option("--validate-pairs", type=click.IntRange(min=1), default=16,
               help="Scoring pairs (a seeded subsample) the attribution validation predicts and ablates on.")
 def main(**cfg):
-    device, dtype = common.start_analysis(cfg)
-    runs = common.require_runs(cfg["runs_dir"], cfg["model"], cfg["objective"], cfg["seed"])  # before any scoring
-    out = common.step_dir(cfg["results_dir"], cfg["model"], "neurons")
-    out = out if cfg["site"] == "act" else out / cfg["site"]
+    cfg, runs, _, device, dtype = common.start_analysis(cfg, cfg["objective"])
+    out = common.step_dir(cfg["results_dir"], cfg["model"], "neurons", cfg["site"])
     # the validation reads the attribution's file, made with the others where it is missing
     methods = tuple(dict.fromkeys(cfg["method"] + (("attribution",) if cfg["validate_attribution"] else ())))
 
     # score (what is missing or stale)
-    scored = [common.compute_neuron_files(cfg, objective, seed, methods, device, dtype) for objective, seed in runs]
+    pairs = common.training_pairs(cfg, [objective for objective, _ in runs])
+    scored = [common.compute_neuron_files(cfg, run / "rm", objective, seed, methods,
+                                          common.neuron_dir(run, cfg["site"]), lambda: pairs, device, dtype)
+              for (objective, seed), run in runs.items()]
+    files = {(objective, seed, method): read_file(cfg, run, objective, seed, method)
+             for (objective, seed), run in runs.items() for method in methods}
     # the attribution's predictions against real ablations (opt-in), then tables from what the files record
     validated = [row for (objective, seed), run in runs.items()
-                 for row in validate_attribution(cfg, objective, seed, run, device, dtype)] \
-        if cfg["validate_attribution"] else []
+                 for row in validate_attribution(cfg, objective, seed, run, files[objective, seed, "attribution"],
+                                                 pairs, device, dtype)] if cfg["validate_attribution"] else []
     validation = write_validation(cfg, validated, out)
-    write_results(cfg, runs, out, validation)
+    write_results(cfg, files, out, validation)
     common.write_json(out / "run.json", {**common.run_record({**cfg, "dtype": str(dtype), "device": str(device),
                                                               "backend": rk.backend(device)}), "rms": scored})
     report = common.write_report(cfg["results_dir"], cfg["model"])
     click.echo(f"tables and figure → {out}; report: {report}")
+
+
+def read_file(cfg, run, objective, seed, method) -> common.NeuronFile:
+    """A neuron file compute_neuron_files has just made or found up to date for this RM."""
+    return common.read_neurons(common.neuron_dir(run, cfg["site"]) / f"{method}.h5",
+                               common.neurons_command(cfg, objective, seed, [method]),
+                               extra=("signed",) if method == "attribution" else ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,41 +96,34 @@ def layer_shares(score, tau):
     return (thirds.double() / len(layer_of)).tolist(), float(score[selected].min())
 
 
-def write_results(cfg, runs, out, validation=""):
+def write_results(cfg, files, out, validation=""):
     """layers.csv/.md + fig4_layers.png (Fig. 4), rmsd.csv/.md (Table 16) and report_section.md (ending in the
-    attribution validation's paragraph when it ran)."""
-    layer_rows, rmsd_rows, recorded = [], [], {}
+    attribution validation's paragraph when it ran), from the neuron files `files` {(objective, seed, method)}."""
+    layer_rows, rmsd_rows = [], []
     for objective in cfg["objective"]:
-        folders = {seed: common.neuron_dir(runs[objective, seed], cfg["site"]) for seed in cfg["seed"]}
         for method in cfg["method"]:
-            shares, thresholds = [], []
-            for seed, folder in folders.items():
-                with h5py.File(folder / f"{method}.h5", "r") as f:
-                    share, threshold = layer_shares(torch.from_numpy(f["score"][()]), cfg["tau"])
-                    recorded[objective, seed] = {"site": f.attrs["site"], "pairs": int(f.attrs["pairs"])}
-                shares.append(share)
-                thresholds.append(threshold)
+            shares, thresholds = zip(*(layer_shares(files[objective, seed, method].score, cfg["tau"])
+                                       for seed in cfg["seed"]))
             row = {"objective": objective, "method": method, "tau": cfg["tau"], "seeds": len(shares)}
             for third, values in zip(THIRDS, zip(*shares)):
                 row[third], row[f"{third}_std"], _ = common.mean_std(values)
             row["threshold"] = common.mean_std(thresholds)[0]
             layer_rows.append(row)
         if "magnitude" in cfg["method"]:
-            per_seed, pairs = [], 0
-            for folder in folders.values():
-                with h5py.File(folder / "magnitude.h5", "r") as f:
-                    per_seed.append(float(f["pair_rmsd"][()].mean()))
-                    pairs += len(f["pair_rmsd"])
-            mean, std, _ = common.mean_std(per_seed)
-            rmsd_rows.append({"objective": objective, "rmsd": mean, "rmsd_std": std, "seeds": len(per_seed),
-                              "pairs": pairs})
+            rmsd = [files[objective, seed, "magnitude"].pair_rmsd for seed in cfg["seed"]]
+            mean, std, _ = common.mean_std(float(r.mean()) for r in rmsd)
+            rmsd_rows.append({"objective": objective, "rmsd": mean, "rmsd_std": std, "seeds": len(rmsd),
+                              "pairs": sum(len(r) for r in rmsd)})
     common.write_rows(out / "layers", layer_rows)
     common.write_rows(out / "rmsd", rmsd_rows)
     plot_layers(layer_rows, cfg, out / "fig4_layers.png")
+    recorded = {(o, s): {"site": f.attrs["site"], "pairs": int(f.attrs["pairs"])} for (o, s, _), f in files.items()}
     common.write_text(out / "report_section.md", report_section(cfg, layer_rows, rmsd_rows, recorded) + validation)
 
 
 def plot_layers(rows, cfg, path):
+    """Fig. 4: the share of each RM type's selected neurons per third of the layers (bars: ± std over seeds, drawn
+    where there are several seeds)."""
     plt = common.pyplot()
     methods = list(cfg["method"])
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), sharey=True, squeeze=False)
@@ -162,15 +131,19 @@ def plot_layers(rows, cfg, path):
     for ax, method in zip(axes[0], methods):
         for k, objective in enumerate(cfg["objective"]):
             row = next(r for r in rows if r["objective"] == objective and r["method"] == method)
-            ax.bar([i + (k - (len(cfg["objective"]) - 1) / 2) * width for i in range(3)], [row[t] for t in THIRDS],
-                   width, yerr=[row[f"{t}_std"] for t in THIRDS], label=objective, capsize=2,
-                   color=common.RM_COLORS[objective])
+            mean, std = numpy.array([row[t] for t in THIRDS]), numpy.array([row[f"{t}_std"] for t in THIRDS])
+            spread = (mean - std, mean + std) if row["seeds"] > 1 else (None, None)
+            common.plot_estimates(ax, [i + (k - (len(cfg["objective"]) - 1) / 2) * width for i in range(3)], mean,
+                                  *spread, style="bars", width=width, color=common.RM_COLORS[objective],
+                                  label=objective)
         ax.set_xticks(range(3), [f"{t} third" for t in THIRDS])
         ax.set_xlabel("layers")
         ax.set_title(f"{method} (top {cfg['tau']:g} %)")
     axes[0][0].set_ylabel("share of selected neurons")
     axes[0][-1].legend(title="RM", fontsize=8)
-    fig.suptitle(f"{cfg['model']}: where the top-τ neurons are (site {cfg['site']}; ± std over seeds)")
+    seeds = len(cfg["seed"])
+    fig.suptitle(f"{cfg['model']}: where the top-τ neurons are (site {cfg['site']}; "
+                 + (f"± std over {seeds} seeds)" if seeds > 1 else "one seed)"))
     common.save_figure(fig, path)
 
 
@@ -179,7 +152,7 @@ def report_section(cfg, layer_rows, rmsd_rows, recorded):
     from the .h5 files, not from the command line."""
     sites = sorted({r["site"] for r in recorded.values()})
     pairs = ", ".join(f"{o} seed {s}: {r['pairs']}" for (o, s), r in recorded.items())
-    figure = f"{report_folder(cfg)}/fig4_layers.png"
+    figure = f"{common.step_folder('neurons', cfg['site'])}/fig4_layers.png"
     text = [
         "## Neurons: where the objectives live (§4.1, Fig. 4, Table 16)\n",
         f"Neuron site `{', '.join(sites)}`; scored over each RM's own training pairs ({pairs}); top "
@@ -198,11 +171,6 @@ def report_section(cfg, layer_rows, rmsd_rows, recorded):
         text += ["### Chosen vs rejected: RMSD of token-mean activations (Table 16)\n", common.rows_markdown(rmsd_rows),
                  "The paper reports ~1e-3: chosen and rejected transcripts engage nearly the same neurons.\n"]
     return "\n".join(text)
-
-
-def report_folder(cfg) -> str:
-    """This run's results folder relative to results/<model>/, where report.md links from."""
-    return "neurons" if cfg["site"] == "act" else f"neurons/{cfg['site']}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,17 +199,15 @@ def pair_margins(model, batches, device, dtype) -> torch.Tensor:
     return margins
 
 
-def validate_attribution(cfg, objective, seed, run, device, dtype) -> list[dict]:
+def validate_attribution(cfg, objective, seed, run, neurons: common.NeuronFile, pairs, device, dtype) -> list[dict]:
     """Rows of attribution_validation.csv for one RM: per unit of validation_units, the predicted Δm (AttributionPass
     on the validation pairs; a group's is the sum of its members') and the measured Δm (the same pairs scored with
     the unit zero-ablated at every token, common.ablation_hooks), both means over those pairs; `predicted_all_pairs`
-    is attribution.h5's `signed` (mean over all scoring pairs)."""
+    is attribution.h5's `signed` (mean over all scoring pairs), `neurons` that file read."""
     # load
     model, tokenizer = common.load_reward_model(run / "rm", device)
-    score = common.read_neurons(run, "attribution", cfg["site"], model, cfg).score
-    with h5py.File(common.neuron_dir(run, cfg["site"]) / "attribution.h5", "r") as f:
-        recorded = torch.from_numpy(f["signed"][()])
-    pairs = common.subsample(common.scoring_pairs(cfg, objective, seed), cfg["validate_pairs"], seed)
+    score, recorded = neurons.score, neurons.extra["signed"]
+    pairs = common.subsample(common.scoring_pairs(pairs, cfg, objective, seed), cfg["validate_pairs"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))
     batches = [(batch, input_ids.to(device), mask.to(device)) for batch, input_ids, mask in common.pair_batches(
         *common.encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)]
@@ -265,6 +231,18 @@ def validate_attribution(cfg, objective, seed, run, device, dtype) -> list[dict]
                      "rank": rank, "pairs": len(pairs), "predicted": float(predicted[selected].sum()),
                      "measured": measured, "predicted_all_pairs": float(recorded[selected].sum())})
     return rows
+
+
+def bootstrap_ci(statistic, n_items: int, resamples: int = common.BOOTSTRAP_RESAMPLES, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(indices)`: each of `resamples` draws picks n_items item indices
+    with replacement (numpy Generator seeded with `seed`); (nan, nan) without items."""
+    if n_items == 0:
+        return math.nan, math.nan
+    draws = numpy.random.default_rng(seed).integers(0, n_items, size=(resamples, n_items))
+    values = numpy.array([statistic(indices) for indices in draws], dtype=float)
+    low, high = numpy.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
 
 
 def average_ranks(values) -> numpy.ndarray:
@@ -296,7 +274,7 @@ def validation_summary(rows) -> list[dict]:
     for objective, seed in dict.fromkeys((r["objective"], r["seed"]) for r in rows):
         singles = [r for r in rows if (r["objective"], r["seed"], r["kind"]) == (objective, seed, "single")]
         predicted, measured = (numpy.array([r[key] for r in singles]) for key in ("predicted", "measured"))
-        low, high = common.bootstrap_ci(lambda i: spearman(predicted[i], measured[i]), len(singles)) \
+        low, high = bootstrap_ci(lambda i: spearman(predicted[i], measured[i]), len(singles)) \
             if len(singles) > 2 else (math.nan, math.nan)
         summary.append({"objective": objective, "seed": seed, "pairs": singles[0]["pairs"], "singles": len(singles),
                         "spearman": spearman(predicted, measured), "spearman_ci_low": low, "spearman_ci_high": high,
@@ -363,7 +341,7 @@ def validation_section(cfg, rows, summary) -> str:
         "the largest |measured| that are also among the k largest |predicted|.\n",
         common.rows_markdown(summary, digits=3),
         common.rows_markdown(groups),
-        f"![attribution vs zero-ablation]({report_folder(cfg)}/fig_attribution_validation.png)\n",
+        f"![attribution vs zero-ablation]({common.step_folder('neurons', cfg['site'])}/fig_attribution_validation.png)\n",
         f"Spearman ρ between predicted and measured Δm over the sampled neurons is {shown} across RMs (1: the "
         "attribution orders neurons exactly as ablating them does); where the top-k rows' `measured` departs from "
         "`predicted`, the neurons interact or the margin is not linear in them.\n",

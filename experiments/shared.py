@@ -26,21 +26,20 @@ on its held-out HH-RLHF pairs (hh-helpful-base, hh-harmless-base) and every --be
 task). An empty partition (and its empty control) is not scored: its rows repeat the baseline (Δ 0), noted in the
 report and run.json.
 
-Ablated scores are cached per set in <run of the mixed RM>/shared/<ablation>-<partition>-<method>-tau<τ>/scores/
-(--force rescores them); plain scores in <run>/scores/ (shared with behaviour.py and ablate.py).
+Ablated scores are cached per set in <run of the mixed RM>/shared/[<site>/]<ablation>-<partition>-<method>-tau<τ>/
+(--force rescores them); plain scores beside the RM (shared with behaviour.py and ablate.py); the data options
+default to what the RMs' train.json records. The partitions' Δs also go to <run of the mixed RM>/shared/[<site>/]
+<ablation>-partitions.json with the neuron sets they came from: conflict.py's input.
 
-Writes <results-dir>/<model>/shared/: overlap.csv (seed, method, tau, measure, value, chance) and overlap.md (mean
-± std over seeds beside chance and the paper), overlap_tau.csv and fig_overlap_tau.png (HA_over_H and J(H,A) for
-τ = 1..30), layers_shared.csv and fig_layers_shared.png (helpful-only / shared / harmless-only per layer),
-partitions.csv (seed, method, tau, partition, neurons, task, group, items, accuracy, base_accuracy, delta; paper
-rule, fractions), table4.{csv,md} (Δ per objective group beside the size-matched control and the paper, each with
-its paired 95 % bootstrap interval over items, 1000 resamples, seed 0),
-tasks_harmless / tasks_helpful.{csv,md} (Tables 17–18: Δ per task), table19_reward.{csv,md} (change of the mean
-reward over all responses per task), report_section.md and run.json; then <results-dir>/<model>/report.md.
+Writes <results-dir>/<model>/shared/ (shared/<site>/ for a site other than act): overlap (beside chance and the
+paper), overlap_tau and its figure, layers_shared and its figure, partitions.csv, Table 4 (Δ per objective group
+beside the size-matched control, with paired bootstrap intervals), Tables 17–18 (Δ per task), Table 19 (change of
+the mean reward), report_section.md and run.json; then <results-dir>/<model>/report.md. Formats:
+docs/artifacts.md; definitions (chance levels, controls, the verdict): docs/methods.md.
 """
 import functools
+import hashlib
 import math
-import shutil
 import statistics
 import sys
 import time
@@ -55,7 +54,7 @@ import torch
 import common
 import rmt_kernels as rk
 
-PARTITIONS = ("helpful-only", "harmless-only", "shared")
+PARTITIONS = common.PARTITIONS
 CONTROLS = tuple(f"random-{p}" for p in PARTITIONS)
 GROUPS = ("harmless", "helpful")
 MEASURES = ("retention", "retention_authors", "HA_over_H", "HA_over_A", "jaccard_HA", "jaccard_MH", "jaccard_MA",
@@ -81,24 +80,21 @@ PAPER_TABLE4 = {"baseline": (61.04, 50.47), "shared": (-10.00, -4.40), "harmless
                 "helpful-only": (-0.00, -0.83)}
 
 
-@click.command(context_settings={"show_default": True})
+@common.step()
 @common.backbone_options
 @common.ablation_step_options(methods=("magnitude",))
 @click.option("--force", is_flag=True, help="Rescore the partition ablations even where cached scores exist.")
 def main(**cfg):
-    device, dtype = common.start_analysis(cfg)
-    runs = common.require_runs(cfg["runs_dir"], cfg["model"], common.OBJECTIVES, cfg["seed"])  # before any work
-    out = common.step_dir(cfg["results_dir"], cfg["model"], "shared")
+    cfg, runs, _, device, dtype = common.start_analysis(cfg, common.OBJECTIVES)
+    out = common.step_dir(cfg["results_dir"], cfg["model"], "shared", cfg["site"])
 
     # load
-    tasks = common.load_tasks()
-    bench = common.load_benchmarks(cfg["bench"], tasks)
-    for note in bench.notes:
-        click.echo(f"note: {note}", err=True)
-    held_out = common.held_out_items("mixed", cfg["data_dir"], cfg["train_split"], cfg["eval_split"],
-                                     cfg["eval_fraction"])
-    items = common.cap_items(held_out + list(bench.items), cfg["max_items"])
-    scored = ensure_neuron_files(cfg, runs, device, dtype)
+    tasks, bench = common.load_bench(cfg)
+    items = common.cap_items(common.held_out_items("mixed", cfg), cfg["max_items"]) + bench.items
+    pairs = functools.cache(lambda: common.training_pairs(cfg, common.OBJECTIVES))  # only for missing files
+    scored = [common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"],
+                                          common.neuron_dir(run, cfg["site"]), pairs, device, dtype,
+                                          keys=common.NEURON_IDENTITY) for (objective, seed), run in runs.items()]
 
     # run
     results = {seed: run_seed(cfg, seed, runs, items, tasks, device, dtype) for seed in cfg["seed"]}
@@ -133,11 +129,6 @@ def overlaps(H: torch.Tensor, A: torch.Tensor, M: torch.Tensor) -> dict[str, flo
             "HA_over_H": ratio(ha, size(H)), "HA_over_A": ratio(ha, size(A)),
             "jaccard_HA": ratio(ha, size(union)), "jaccard_MH": ratio(size(M & H), size(M | H)),
             "jaccard_MA": ratio(size(M & A), size(M | A)), "shared_share": ratio(ha, H.numel())}
-
-
-def partitions(H: torch.Tensor, A: torch.Tensor) -> dict[str, torch.Tensor]:
-    """helpful-only H \\ A, harmless-only A \\ H and shared H ∩ A, exactly."""
-    return {"helpful-only": H & ~A, "harmless-only": A & ~H, "shared": H & A}
 
 
 def control_mask(shape, size: int, seed: int, partition: str) -> torch.Tensor:
@@ -198,56 +189,27 @@ def chance_levels(N: int, h: int, a: int, m: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Per seed: the neuron sets, their overlaps (cheap, scores only), then the partition ablations in the mixed RM
 # ---------------------------------------------------------------------------------------------
-def ensure_neuron_files(cfg, runs, device, dtype) -> list[dict]:
-    """Score the neurons of every RM that lacks a file of an asked-for method (neurons.py's pass)."""
-    scored = []
-    for (objective, seed), run in runs.items():
-        folder = common.neuron_dir(run, cfg["site"])
-        missing = [m for m in cfg["method"] if not (folder / f"{m}.h5").exists()]
-        if missing:
-            click.echo(f"[{objective} seed {seed}] no {', '.join(f'{m}.h5' for m in missing)} in {folder}: scoring "
-                       "the neurons first (neurons.py's pass)", err=True)
-            scored.append(common.compute_neuron_files({**cfg, "force": False}, objective, seed, missing, device,
-                                                      dtype))
-    return scored
-
-
 def selectable(taus, n: int) -> list[float]:
     """The τ values that select at least one of n neurons (select_top refuses the others)."""
     return [t for t in taus if math.floor(t / 100 * n + 0.5) >= 1]
 
 
 def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
+    """One seed: the H, A, M sets of each method and τ, their overlaps (cheap, scores only), then every partition
+    and its control ablated in the mixed RM (each cached on its own)."""
     run = runs["mixed", seed]
     model, tokenizer = common.load_reward_model(run / "rm", device)
-    files = {(o, m): common.read_neurons(runs[o, seed], m, cfg["site"], model, cfg)
+    if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
+        click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
+    tokenizer = common.MemoTokenizer(tokenizer)  # every set scores the same texts: tokenise them once
+    files = {(o, m): common.read_neurons(common.neuron_dir(runs[o, seed], cfg["site"]) / f"{m}.h5",
+                                         common.neurons_command(cfg, o, seed, [m]), common.mlp_shape(model))
              for o in common.OBJECTIVES for m in cfg["method"]}
-    shape = tuple(files["mixed", cfg["method"][0]].score.shape)
-    n = math.prod(shape)
-
-    overlap_rows, curve_rows, layer_rows, sets = [], [], [], {}
-    for method in cfg["method"]:
-        for tau in dict.fromkeys((*cfg["tau"], *selectable(TAU_CURVE, n))):
-            H, A, M = (common.select_top(files[o, method].score, tau) for o in common.OBJECTIVES)
-            value = overlaps(H, A, M)
-            if tau in cfg["tau"]:
-                chance = chance_levels(n, int(H.sum()), int(A.sum()), int(M.sum()))
-                overlap_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
-                                  "chance": chance[k]} for k in MEASURES]
-                parts = partitions(H, A)
-                layer_rows += [{"seed": seed, "method": method, "tau": tau, "layer": layer,
-                                **{p: int(parts[p][layer].sum()) for p in PARTITIONS}} for layer in range(shape[0])]
-                for p in PARTITIONS:
-                    sets[method, tau, p] = parts[p]
-                    sets[method, tau, f"random-{p}"] = control_mask(shape, int(parts[p].sum()), seed, f"random-{p}")
-            if tau in TAU_CURVE:
-                curve_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
-                                "chance": ratio(int(A.sum()), n) if k == "HA_over_H"
-                                else expected_jaccard(n, int(H.sum()), int(A.sum()))}
-                               for k in ("HA_over_H", "jaccard_HA")]
+    overlap_rows, curve_rows, layer_rows, sets, set_hashes = neuron_sets(cfg, seed, files)
 
     started = time.perf_counter()
-    base = common.evaluate_rm(run, model, tokenizer, items, cfg, device, dtype, desc=f"mixed seed {seed} plain")
+    base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, run,
+                              desc=f"mixed seed {seed} plain")
     timing = {"items": len(items), "plain_seconds": round(time.perf_counter() - started, 2), "sets": {}}
     partition_rows, notes = [], []
     for (method, tau, name), mask in sets.items():
@@ -258,42 +220,72 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
             notes.append(f"seed {seed}: {name} ({method}, τ = {tau:g}) is empty: not scored, its rows repeat the "
                          "baseline (Δ 0)")
         else:
-            cache = run / "shared" / label / "scores"
-            if cfg["force"] and cache.exists():
-                shutil.rmtree(cache)
             values = files["mixed", method].mean_activation if cfg["ablation"] == "mean" else None
             started = time.perf_counter()
-            scores = common.evaluate_rm(run, model, tokenizer, items, cfg, device, dtype,
-                                        ablated=(cfg["ablation"], mask, values), cache_dir=cache,
-                                        desc=f"mixed seed {seed} {label}")
+            scores = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype,
+                                        common.intervention_dir(run, "shared", cfg["site"], label),
+                                        ablated=(cfg["ablation"], mask, values), desc=f"mixed seed {seed} {label}",
+                                        force=cfg["force"])
             timing["sets"][label] = {"neurons": size, "seconds": round(time.perf_counter() - started, 2)}
         partition_rows += [{"seed": seed, "method": method, "tau": tau, "partition": name, "neurons": size, **row}
-                           for row in task_rows(items, base, scores, tasks)]
+                           for row in common.accuracy_rows(items, scores, tasks, base=base)]
     for note in notes:
         click.echo(f"note: {note}", err=True)
+    save_partitions(cfg, run, model, items, dtype, partition_rows, set_hashes)
     return {"overlap": overlap_rows, "curve": curve_rows, "layers": layer_rows, "partitions": partition_rows,
-            "notes": notes, "timing": timing, "shape": shape}
+            "notes": notes, "timing": timing, "shape": tuple(files["mixed", cfg["method"][0]].score.shape)}
 
 
-def mean_reward(scores) -> float:
-    values = [v for s in scores for v in (*s.chosen, *s.rejected)]
-    return statistics.fmean(values) if values else math.nan
+def neuron_sets(cfg, seed, files):
+    """(overlap rows, τ-curve rows, per-layer rows, {(method, τ, partition or control): mask}, {(method, τ): the
+    content hashes of H and A}) of one seed from its neuron files {(objective, method)}."""
+    shape = tuple(files["mixed", cfg["method"][0]].score.shape)
+    n = math.prod(shape)
+    overlap_rows, curve_rows, layer_rows, sets, set_hashes = [], [], [], {}, {}
+    for method in cfg["method"]:
+        for tau in dict.fromkeys((*cfg["tau"], *selectable(TAU_CURVE, n))):
+            H, A, M = (common.select_top(files[o, method].score, tau) for o in common.OBJECTIVES)
+            value = overlaps(H, A, M)
+            if tau in cfg["tau"]:
+                chance = chance_levels(n, int(H.sum()), int(A.sum()), int(M.sum()))
+                overlap_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
+                                  "chance": chance[k]} for k in MEASURES]
+                parts = common.partitions(H, A)
+                layer_rows += [{"seed": seed, "method": method, "tau": tau, "layer": layer,
+                                **{p: int(parts[p][layer].sum()) for p in PARTITIONS}} for layer in range(shape[0])]
+                for p in PARTITIONS:
+                    sets[method, tau, p] = parts[p]
+                    sets[method, tau, f"random-{p}"] = control_mask(shape, int(parts[p].sum()), seed, f"random-{p}")
+                set_hashes[method, tau] = {"helpful_set": common.mask_fingerprint(H),
+                                           "harmless_set": common.mask_fingerprint(A)}
+            if tau in TAU_CURVE:
+                curve_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
+                                "chance": ratio(int(A.sum()), n) if k == "HA_over_H"
+                                else expected_jaccard(n, int(H.sum()), int(A.sum()))}
+                               for k in ("HA_over_H", "jaccard_HA")]
+    return overlap_rows, curve_rows, layer_rows, sets, set_hashes
 
 
-def task_rows(items, base, ablated, tasks) -> list[dict]:
-    """Per task (subset, first-seen order): paper-rule accuracy before / after as fractions, and the mean reward
-    over all responses before / after (Table 19); "correct" / "base_correct" are the per-item paper-rule results
-    after / before (bool arrays, for the bootstrap intervals; not written to partitions.csv)."""
-    rows = []
-    for subset, pairs in common.group_by_subset(items, list(zip(base, ablated))).items():
-        before, after = [b for b, _ in pairs], [a for _, a in pairs]
-        accuracy, base_accuracy = common.paper_accuracy(after), common.paper_accuracy(before)
-        rows.append({"task": subset, "group": common.task_for(subset, tasks).objective or "", "items": len(pairs),
-                     "accuracy": accuracy, "base_accuracy": base_accuracy, "delta": accuracy - base_accuracy,
-                     "reward": mean_reward(after), "base_reward": mean_reward(before),
-                     "correct": numpy.array([s.correct for s in after], dtype=bool),
-                     "base_correct": numpy.array([s.correct for s in before], dtype=bool)})
-    return rows
+# What conflict.py reads: the partitions' Δs per task with the sets they come from, merged with the file's other
+# configurations (other methods and τ) while the mixed RM, the site and the items are the same.
+PARTITION_FIELDS = ("partition", "neurons", "task", "group", "items", "accuracy", "base_accuracy", "delta")
+
+
+def save_partitions(cfg, run, model, items, dtype, rows, set_hashes):
+    path = common.partitions_path(run, cfg["site"], cfg["ablation"])
+    settings = {"rm_weights": common.rm_fingerprint(run / "rm"), "site": cfg["site"], "ablation": cfg["ablation"],
+                "max_length": min(cfg["max_length"], common.context_length(model)), "dtype": str(dtype),
+                "items": hashlib.sha256("".join(f"{i.subset}\x00{i.id}\x00{common.item_hash(i)}\x00"
+                                                for i in items).encode("utf-8")).hexdigest()[:16]}
+    try:
+        stored = common.read_json(path) if path.exists() else {}
+        kept = stored.get("configurations", {}) if stored.get("settings") == settings else {}
+    except (common.Unreadable, AttributeError):
+        kept = {}
+    configurations = {**kept, **{f"{method}-tau{tau:g}": {**hashes, "rows": [
+        {k: r[k] for k in PARTITION_FIELDS} for r in rows if (r["method"], r["tau"]) == (method, tau)]}
+        for (method, tau), hashes in set_hashes.items()}}
+    common.write_json(path, {"settings": settings, "configurations": configurations})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,18 +293,6 @@ def task_rows(items, base, ablated, tasks) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def fmt(value, digits=3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def pm(stats, digits=3, scale=1.0, sign=False) -> str:
-    mean, std, count = stats
-    if count == 0:
-        return "–"
-    text = f"{mean * scale:+.{digits}f}" if sign else f"{mean * scale:.{digits}f}"
-    return text + (f" ± {std * scale:.{digits}f}" if count > 1 else "")
-
-
-def is_held_out(task: str, tasks) -> bool:
-    return common.task_for(task, tasks).benchmark == "hh-rlhf"
 
 
 def paper_backbone(model: str) -> str | None:
@@ -333,41 +313,19 @@ def overlap_table(cfg, rows):
                 if method == "magnitude" and tau == 10.0:
                     ref = PAPER_RETENTION_AUTHORS if measure == "retention_authors" else paper.get(measure)
                 csv_rows.append([method, f"{tau:g}", measure, stats[0], stats[1], stats[2], chance, ref])
-                md_rows.append([method, f"{tau:g}", MEASURE_LABELS[measure], pm(stats), fmt(chance), fmt(ref)])
+                md_rows.append([method, f"{tau:g}", MEASURE_LABELS[measure], common.cell(common.Summary(*stats), 1, 3),
+                                fmt(chance), fmt(ref)])
     md = common.markdown_table(["Method", "τ %", "Measure", "Ours (mean ± std over seeds)", "Chance", "Paper"],
                                md_rows)
     return header, csv_rows, md
 
 
-def group_delta(rows, tasks, method, tau, partition, group, field="delta"):
-    """Per seed the unweighted mean over the group's benchmark tasks (held-out HH-RLHF pairs excluded); then
-    mean ± std over seeds."""
-    per_seed = {}
-    for r in rows:
-        if (r["method"], r["tau"], r["partition"], r["group"]) == (method, tau, partition, group) \
-                and not is_held_out(r["task"], tasks):
-            per_seed.setdefault(r["seed"], []).append(r[field])
-    return common.mean_std(statistics.fmean(v) for v in per_seed.values())
-
-
-def group_delta_ci(rows, tasks, method, tau, partition, group) -> tuple[float, float]:
-    """Paired bootstrap interval over items of group_delta's mean: per resample, each benchmark task's items are drawn
-    once (the same draw for every seed: every seed scores the same items), Δ averaged over the group's tasks and the
-    seeds."""
-    per_task = {}  # task -> {seed: row}
-    for r in rows:
-        if (r["method"], r["tau"], r["partition"], r["group"]) == (method, tau, partition, group) \
-                and not is_held_out(r["task"], tasks):
-            per_task.setdefault(r["task"], {})[r["seed"]] = r
-    seeds = sorted(set.intersection(*(set(v) for v in per_task.values()))) if per_task else []
-    if not seeds or any(len({len(per_task[t][s]["correct"]) for s in seeds}) != 1 for t in per_task):
-        return math.nan, math.nan
-    return common.bootstrap_paired_delta_ci(*([numpy.stack([per_task[t][s][f] for s in seeds]) for t in per_task]
-                                              for f in ("base_correct", "correct")))
-
-
-def with_ci(text: str, ci: tuple[float, float]) -> str:
-    return text if text == "–" or math.isnan(ci[0]) else f"{text} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+def group_summary(rows, tasks, method, tau, partition, group, field="delta", interval=None) -> common.Summary:
+    """Per seed the unweighted mean of `field` over the group's benchmark tasks (held-out HH-RLHF pairs excluded);
+    then mean ± std over seeds, with the paired interval of Δ over items when asked."""
+    return common.summarise([r for r in rows if (r["method"], r["tau"], r["partition"], r["group"])
+                             == (method, tau, partition, group) and not common.task_for(r["task"], tasks).held_out],
+                            field, interval)
 
 
 def table4(cfg, rows, tasks):
@@ -378,25 +336,22 @@ def table4(cfg, rows, tasks):
     csv_rows, md_rows = [], []
     for method in cfg["method"]:
         for tau in cfg["tau"]:
-            base = {g: group_delta(rows, tasks, method, tau, "shared", g, "base_accuracy") for g in GROUPS}
+            base = {g: group_summary(rows, tasks, method, tau, "shared", g, "base_accuracy") for g in GROUPS}
             paper = [f"{PAPER_TABLE4['baseline'][i]:.2f}" for i in range(2)] if (method, tau) == ("magnitude", 10.0) \
                 else ["–", "–"]
             md_rows.append([method, f"{tau:g}", "baseline (not ablated)", "–",
-                            pm(base["harmless"], 2, 100), "", pm(base["helpful"], 2, 100), "", *paper])
+                            common.cell(base["harmless"]), "", common.cell(base["helpful"]), "", *paper])
             for p in PARTITIONS:
                 neurons = common.mean_std(r["neurons"] for r in rows if (r["method"], r["tau"], r["partition"])
                                           == (method, tau, p) and r["task"] == rows[0]["task"])[0]
-                own = {g: group_delta(rows, tasks, method, tau, p, g) for g in GROUPS}
-                ctl = {g: group_delta(rows, tasks, method, tau, f"random-{p}", g) for g in GROUPS}
-                own_ci = {g: group_delta_ci(rows, tasks, method, tau, p, g) for g in GROUPS}
-                ctl_ci = {g: group_delta_ci(rows, tasks, method, tau, f"random-{p}", g) for g in GROUPS}
+                own = {g: group_summary(rows, tasks, method, tau, p, g, interval="delta") for g in GROUPS}
+                ctl = {g: group_summary(rows, tasks, method, tau, f"random-{p}", g, interval="delta") for g in GROUPS}
                 csv_rows.append([method, f"{tau:g}", p, neurons] + [v for g in GROUPS for v in (
-                    *own[g][:2], *ctl[g][:2], *own_ci[g], *ctl_ci[g])])
+                    own[g].mean, own[g].std, ctl[g].mean, ctl[g].std, own[g].low, own[g].high, ctl[g].low,
+                    ctl[g].high)])
                 paper = [f"{v:+.2f}" for v in PAPER_TABLE4[p]] if (method, tau) == ("magnitude", 10.0) else ["–", "–"]
                 md_rows.append([method, f"{tau:g}", p, f"{neurons:.0f}",
-                                *[c for g in GROUPS for c in (with_ci(pm(own[g], 2, 100, True), own_ci[g]),
-                                                              with_ci(pm(ctl[g], 2, 100, True), ctl_ci[g]))],
-                                *paper])
+                                *[common.cell(x, sign=True) for g in GROUPS for x in (own[g], ctl[g])], *paper])
     md = common.markdown_table(["Method", "τ %", "Ablated in the mixed RM", "Neurons", "Δ harmless", "Δ harmless, "
                                 "size-matched control", "Δ helpful", "Δ helpful, size-matched control",
                                 "Paper Δ harmless", "Paper Δ helpful"], md_rows)
@@ -404,8 +359,8 @@ def table4(cfg, rows, tasks):
 
 
 def task_table(cfg, rows, tasks, group, field="delta", scale=100.0, digits=2):
-    """Per task of `group` at the headline configuration: the baseline and, per partition and control, Δ `field`
-    (mean ± std over seeds)."""
+    """Per task of `group` at the headline configuration: the baseline and, per partition and control, the change
+    `field` (delta: of the accuracy; reward_delta: of the mean reward), mean ± std over seeds."""
     method, tau = common.headline(cfg)
     picked = [r for r in rows if r["method"] == method and r["tau"] == tau and (group is None or r["group"] == group)]
     names = list(dict.fromkeys(r["task"] for r in picked))
@@ -417,21 +372,13 @@ def task_table(cfg, rows, tasks, group, field="delta", scale=100.0, digits=2):
     csv_rows, md_rows = [], []
     for task in names:
         mine = [r for r in picked if r["task"] == task]
-
-        def stats(partition, key):
-            return common.mean_std(r[key] for r in mine if r["partition"] == partition)
-
-        if field == "delta":
-            change = {c: stats(c, "delta") for c in columns}
-        else:
-            change = {c: common.mean_std(r["reward"] - r["base_reward"] for r in mine if r["partition"] == c)
-                      for c in columns}
-        base = stats("shared", base_field)
+        change = {c: common.summarise([r for r in mine if r["partition"] == c], field) for c in columns}
+        base = common.summarise([r for r in mine if r["partition"] == "shared"], base_field)
         display = common.task_for(task, tasks).display
-        csv_rows.append([task, mine[0]["group"], mine[0]["items"], base[0]] + [change[c][0] for c in columns]
-                        + [change[c][1] for c in columns])
-        md_rows.append([display, mine[0]["items"], pm(base, digits, scale)]
-                       + [pm(change[c], digits, scale, True) for c in columns])
+        csv_rows.append([task, mine[0]["group"], mine[0]["items"], base.mean] + [change[c].mean for c in columns]
+                        + [change[c].std for c in columns])
+        md_rows.append([display, mine[0]["items"], common.cell(base, scale, digits)]
+                       + [common.cell(change[c], scale, digits, sign=True) for c in columns])
     md = common.markdown_table(["Task", "Items", "Base" + (" %" if field == "delta" else " mean reward")]
                                + [f"Δ {c}" for c in columns], md_rows)
     return header, csv_rows, md
@@ -447,15 +394,15 @@ def verdict(cfg, rows, tasks) -> str:
     for g in GROUPS:
         excess = {}
         for p in PARTITIONS:
-            own, ctl = group_delta(rows, tasks, method, tau, p, g)[0], \
-                group_delta(rows, tasks, method, tau, f"random-{p}", g)[0]
+            own, ctl = group_summary(rows, tasks, method, tau, p, g).mean, \
+                group_summary(rows, tasks, method, tau, f"random-{p}", g).mean
             excess[p] = own - ctl
-        raw = {p: group_delta(rows, tasks, method, tau, p, g)[0] for p in PARTITIONS}
+        raw = {p: group_summary(rows, tasks, method, tau, p, g).mean for p in PARTITIONS}
         if any(math.isnan(v) for v in (*excess.values(), *raw.values())):
             parts.append(f"{g} tasks: no benchmark task")
             continue
         items = sum(r["items"] for r in rows if (r["method"], r["tau"], r["partition"], r["group"], r["seed"])
-                    == (method, tau, "shared", g, cfg["seed"][0]) and not is_held_out(r["task"], tasks))
+                    == (method, tau, "shared", g, cfg["seed"][0]) and not common.task_for(r["task"], tasks).held_out)
         noise = 2 * math.sqrt(0.25 / items)
         margin = min(excess["helpful-only"], excess["harmless-only"]) - excess["shared"]
         raw_holds = min(raw["helpful-only"], raw["harmless-only"]) - raw["shared"] > noise
@@ -501,10 +448,10 @@ def plot_tau(cfg, curve_rows, path):
             picked = [r for r in curve_rows if r["method"] == method and r["measure"] == measure]
             taus = sorted({r["tau"] for r in picked})
             stats = [common.mean_std(r["value"] for r in picked if r["tau"] == t) for t in taus]
-            mean = numpy.array([s[0] for s in stats])
-            std = numpy.array([s[1] for s in stats])
-            ax.plot(taus, mean, color=common.METHOD_STYLE[method][0], label=method)
-            ax.fill_between(taus, mean - std, mean + std, color=common.METHOD_STYLE[method][0], alpha=0.2, linewidth=0)
+            mean, std = numpy.array([s[0] for s in stats]), numpy.array([s[1] for s in stats])
+            spread = (mean - std, mean + std) if len(cfg["seed"]) > 1 else (None, None)
+            common.plot_estimates(ax, taus, mean, *spread, style="band", color=common.METHOD_STYLE[method][0],
+                                  label=method)
         chance = {r["tau"]: r["chance"] for r in curve_rows if r["measure"] == measure}
         ax.plot(sorted(chance), [chance[t] for t in sorted(chance)], "k--", label="chance")
         if measure in paper:
@@ -514,7 +461,8 @@ def plot_tau(cfg, curve_rows, path):
         ax.set_ylim(0, 1.02)
         ax.set_title(MEASURE_LABELS[measure])
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{cfg['model']}: helpful (H) vs harmless (A) top-τ neurons (± std over seeds)")
+    fig.suptitle(f"{cfg['model']}: helpful (H) vs harmless (A) top-τ neurons"
+                 + (f" (± std over {len(cfg['seed'])} seeds)" if len(cfg["seed"]) > 1 else " (one seed)"))
     common.save_figure(fig, path)
 
 
@@ -540,7 +488,7 @@ def write_results(cfg, results, tasks, out: Path):
     common.write_table(out / "table4", header, csv_rows, t4_md)
     per_task = {}
     for stem, group, field in (("tasks_harmless", "harmless", "delta"), ("tasks_helpful", "helpful", "delta"),
-                               ("table19_reward", None, "reward")):
+                               ("table19_reward", None, "reward_delta")):
         table = task_table(cfg, rows, tasks, group, field, *((100.0, 2) if field == "delta" else (1.0, 4)))
         per_task[stem] = table
         if table is None:
@@ -550,7 +498,16 @@ def write_results(cfg, results, tasks, out: Path):
     plot_layers(cfg, layer_rows, out / "fig_layers_shared.png")
     plot_tau(cfg, curve, out / "fig_overlap_tau.png")
 
+    notes = [note for result in results.values() for note in result["notes"]]
+    common.write_text(out / "report_section.md", report_section(cfg, rows, tasks, seeds_shape, overlap_md, t4_md,
+                                                                per_task, notes))
+
+
+def report_section(cfg, rows, tasks, seeds_shape, overlap_md, t4_md, per_task, notes) -> str:
+    """The section of report.md: the overlaps, the figures, Table 4 with its verdict, Tables 17–19."""
+    method, tau = common.headline(cfg)
     n = math.prod(seeds_shape)
+    folder = common.step_folder("shared", cfg["site"])
     text = [
         "## Shared neurons (§5, Table 4, Tables 17–19)\n",
         f"H, A, M = top-τ % neurons (exact count of all {n} = {seeds_shape[0]} layers × {seeds_shape[1]} MLP "
@@ -564,10 +521,10 @@ def write_results(cfg, results, tasks, out: Path):
         + ") are in the last column — SmolLM2-135M 0.826 / 0.703 / 0.830 / 0.741, GPT-2 small 0.583 / 0.412 / 0.493 / "
         "0.407, GPT-2 medium 0.562 / 0.391 / 0.472 / 0.428 for |H∩A|/|H|, J(H,A), J(M,H), J(M,A), the authors' "
         "retention 0.549; chance at τ = 10 is 0.10 for |H∩A|/|H| and ≈ 0.053 for a Jaccard index.\n",
-        "![overlap against τ](shared/fig_overlap_tau.png)\n",
+        f"![overlap against τ]({folder}/fig_overlap_tau.png)\n",
         "The overlap of H and A for τ = 1…30 % (mean ± std over seeds), with the chance line; the star is the paper's "
         "value at τ = 10 where this backbone is one of its own.\n",
-        "![per layer](shared/fig_layers_shared.png)\n",
+        f"![per layer]({folder}/fig_layers_shared.png)\n",
         f"Where the helpful-only, shared and harmless-only neurons sit, layer by layer ({method}, τ = {tau:g}; counts "
         "in layers_shared.csv).\n",
         "### Ablating each partition in the mixed RM (Table 4)\n",
@@ -589,10 +546,9 @@ def write_results(cfg, results, tasks, out: Path):
              f"τ = {tau:g}); a shift the paper rule cannot see.")):
         if per_task[stem] is not None:
             text += [f"### {title}\n", per_task[stem][2], sentence + "\n"]
-    notes = [note for result in results.values() for note in result["notes"]]
     if notes:
         text.append("Notes: " + "; ".join(notes) + ".\n")
-    common.write_text(out / "report_section.md", "\n".join(text))
+    return "\n".join(text)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ and run.json; and <results-dir>/<model>/report.md.
 """
 import contextlib
 import dataclasses
-import json
 import math
+import random
 import shutil
 import sys
 import time
@@ -33,7 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 import common
 
 
-@click.command(context_settings={"show_default": True})
+@common.step()
 @common.rm_options
 @common.hh_data_options
 @click.option("--max-eval-pairs", type=click.IntRange(min=1), default=500, help="Cap on held-out pairs.")
@@ -49,9 +49,7 @@ import common
                    "and start over (a checkpoint made with the same options is still resumed).")
 @common.results_option
 def main(**cfg):
-    common.check_model(cfg["model"])
-    device = common.resolve_device(cfg["device"])
-    dtype = common.resolve_dtype(cfg["dtype"], device)
+    device, dtype = common.start_step(cfg)
     for objective in cfg["objective"]:
         for seed in cfg["seed"]:
             train_one(cfg, objective, seed, device, dtype)
@@ -105,10 +103,26 @@ def shared_prefix_length(a, b):
     return n
 
 
+def length_grouped_batches(lengths, batch_size: int, seed: int, group: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar length (as transformers' LengthGroupedSampler): shuffle, sort within
+    mega-chunks of `group` batches, shuffle the batch order. Deterministic in `seed`, so a resumed run
+    rebuilds the same order and skips what it already did."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * group
+    batches = []
+    for start in range(0, len(order), chunk):
+        mega = sorted(order[start:start + chunk], key=lambda i: -lengths[i])
+        batches += [mega[i:i + batch_size] for i in range(0, len(mega), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def optimizer_batches(lengths, batch_size, epochs, seed):
     """Every optimizer step of the run: pair indices of similar length."""
     return [batch for epoch in range(epochs)
-            for batch in common.length_grouped_batches(lengths, batch_size, seed=seed * 1000 + epoch)]
+            for batch in length_grouped_batches(lengths, batch_size, seed=seed * 1000 + epoch)]
 
 
 def pair_shapes(chosen_ids, rejected_ids):
@@ -137,11 +151,9 @@ def micro_batches(pairs, prefix, answer, token_budget):
     return micros + [current] if current else micros
 
 
-# The options that shape the trained weights. A checkpoint records them, resolved, with the pairs' fingerprint in
-# place of --data-dir, and resumes only under the same ones; --micro-batch-tokens (only the order of a sum),
-# --save-every, --max-steps and --device may change.
-TRAINING_OPTIONS = ("model", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs", "epochs",
-                    "lr", "batch_size", "max_length", "dtype")
+# A checkpoint records common.TRAINING_OPTIONS resolved, with the pairs' fingerprint in place of --data-dir, and
+# resumes only under the same ones; --micro-batch-tokens (only the order of a sum), --save-every, --max-steps and
+# --device may change.
 PAIRS = "pairs_sha256"  # the training and held-out pairs' fingerprint, beside the options
 
 
@@ -168,19 +180,17 @@ class Run:
     epochs: int
     max_length: int
     token_budget: int
-    options: dict  # TRAINING_OPTIONS, resolved
+    options: dict  # common.TRAINING_OPTIONS, resolved
 
 
 def train_one(cfg, objective, seed, device, dtype):
     out = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
     tag = f"[{objective} seed {seed}]"
     data = load_data(cfg, objective, seed, tag)
-    if (out / "train.json").exists() and not cfg["force"]:
-        differences = trained_differences(out / "train.json", cfg, data)
-        if not differences:
-            click.echo(f"{tag} already trained: {out} (use --force to retrain)")
-            return
-        click.echo(f"{tag} {out} was trained with other settings ({'; '.join(differences)}): retraining")
+    if common.reuse(out / "train.json", trained_settings, trained_wanted(cfg, data), force=cfg["force"], tag=tag + " ",
+                    redo="retraining"):
+        click.echo(f"{tag} already trained: {out} (use --force to retrain)")
+        return
     accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "no", cpu=device.type == "cpu")
     run = build_run(cfg, objective, seed, dtype, data, accelerator)
     checkpoint = out / "checkpoint"
@@ -208,8 +218,8 @@ def load_data(cfg, objective, seed, tag) -> Data:
     train_pairs = common.subsample(train_pairs, cfg["max_pairs"], seed)
     eval_pairs = common.subsample(eval_pairs, cfg["max_eval_pairs"], 0)  # same held-out set for every seed
     if not train_pairs or not eval_pairs:
-        raise click.ClickException(f"no usable {'training' if not train_pairs else 'held-out'} pairs for "
-                                   f"'{objective}' ({bad.summary()})")
+        raise common.RMTError(f"no usable {'training' if not train_pairs else 'held-out'} pairs for '{objective}' "
+                              f"({bad.summary()})")
     return Data(train_pairs, eval_pairs, bad, common.pairs_fingerprint(train_pairs, eval_pairs))
 
 
@@ -235,23 +245,29 @@ def build_run(cfg, objective, seed, dtype, data: Data, accelerator) -> Run:
 
 
 def training_options(cfg, epochs: int, max_length: int, dtype: torch.dtype, data: Data) -> dict:
-    """TRAINING_OPTIONS as they apply (the epochs, max length and dtype resolved) and the pairs' fingerprint."""
-    options = {name: cfg[name] for name in TRAINING_OPTIONS}
+    """common.TRAINING_OPTIONS as they apply (the epochs, max length and dtype resolved) and the pairs' fingerprint."""
+    options = {name: cfg[name] for name in common.TRAINING_OPTIONS}
     options.update(epochs=epochs, max_length=max_length, dtype=str(dtype).removeprefix("torch."))
     options[PAIRS] = data.fingerprint
     return options
 
 
-def trained_differences(record: Path, cfg, data: Data) -> list[str]:
-    """What differs between a trained RM's train.json and this request: the shaping options as given (so that
-    `auto` stays `auto` on another machine) and the pairs' fingerprint (absent from older records: not compared)."""
-    config = json.loads(record.read_text())["config"]
+def trained_settings(record: Path) -> dict:
+    """What a trained RM's train.json records of the options as GIVEN (so that `auto` stays `auto` on another
+    machine) and its pairs' fingerprint; Unreadable when the record cannot be read or the RM beside it cannot be
+    used (no config.json, weights that changed since they were saved)."""
+    problem = common.rm_problem(record.parent)
+    if problem:
+        raise common.Unreadable(problem)
+    config = common.read_json(record).get("config")
+    if not isinstance(config, dict):
+        raise common.Unreadable(f"{record} holds no config")
     given = config.get("options", config)
-    differences = [f"--{name.replace('_', '-')} {show_option(given.get(name))} (now {show_option(cfg[name])})"
-                   for name in common.TRAIN_SHAPING if name != "data_dir" and given.get(name) != cfg[name]]
-    if PAIRS in config and config[PAIRS] != data.fingerprint:
-        differences.append("other training or held-out pairs (another --data-dir, or its files changed)")
-    return differences
+    return {**{name: given.get(name) for name in common.TRAINING_OPTIONS}, PAIRS: config.get(PAIRS)}
+
+
+def trained_wanted(cfg, data: Data) -> dict:
+    return {**{name: cfg[name] for name in common.TRAINING_OPTIONS}, PAIRS: data.fingerprint}
 
 
 def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> dict:
@@ -262,40 +278,24 @@ def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> di
     found = latest_checkpoint(checkpoint)
     if found is None:
         return progress
-    differences = option_differences(found, run.options)
+    try:
+        differences = common.stale_reason(common.read_json(found / "options.json"), run.options, keys=run.options)
+    except common.Unreadable as err:
+        differences = f"options not recorded ({err})"
     if differences and not force:
-        raise click.ClickException(
-            f"{found} was made with other options:\n  " + "\n  ".join(differences)
-            + "\nRerun with the checkpoint's options to continue it, or pass --force to delete it and start over.")
+        raise common.RMTError(f"{found} was made with other options: {differences}. Rerun with the checkpoint's "
+                              "options to continue it, or pass --force to delete it and start over.")
     if differences:
-        click.echo(f"{tag} --force: deleting {found} (made with other options: "
-                   f"{'; '.join(differences)}) and starting over")
+        click.echo(f"{tag} --force: deleting {found} (made with other options: {differences}) and starting over")
         if accelerator.is_main_process:
             discard_checkpoint(checkpoint)
         accelerator.wait_for_everyone()
         return progress
     accelerator.load_state(str(found))
-    progress = json.loads((found / "progress.json").read_text())
+    progress = common.read_json(found / "progress.json")
     note = f" (from {found.name}: the last save was cut short)" if found != checkpoint else ""
     click.echo(f"{tag} resuming from step {progress['step']} of {len(run.steps)}{note}")
     return progress
-
-
-def option_differences(checkpoint: Path, options: dict) -> list[str]:
-    """`--opt: checkpoint X, now Y` for each training option that differs from the checkpoint's."""
-    path = checkpoint / "options.json"
-    if not path.is_file():
-        return ["options not recorded (a checkpoint from an older train.py)"]
-    saved = json.loads(path.read_text())
-    missing = object()
-    return [f"--{name.replace('_', '-')}: checkpoint {show_option(saved.get(name, '(not recorded)'))}, "
-            f"now {show_option(value)}" if name != PAIRS else
-            "the training or held-out pairs differ (another --data-dir, or its files changed)"
-            for name, value in options.items() if saved.get(name, missing) != value]
-
-
-def show_option(value) -> str:
-    return "(unset)" if value is None else str(value)
 
 
 def train_steps(accelerator, run: Run, progress: dict, checkpoint: Path, cfg, desc: str):
@@ -333,7 +333,7 @@ def train_step(accelerator, run: Run, step: int) -> tuple[float, int]:
         sync = contextlib.nullcontext() if k == len(micros) - 1 else accelerator.no_sync(run.net)
         with sync, accelerator.autocast():
             chosen, rejected = run.net([run.chosen_ids[i] for i in micro], [run.rejected_ids[i] for i in micro])
-            loss = -torch.nn.functional.logsigmoid(chosen - rejected).sum() / len(share)
+            loss = common.bradley_terry_loss(chosen, rejected) / len(share)
             accelerator.backward(loss)
         step_loss += loss.item() * len(share) / len(run.steps[step])
         tokens += sum(len(run.chosen_ids[i]) + len(run.rejected_ids[i]) for i in micro)
@@ -384,8 +384,8 @@ def held_out_accuracy(net, chosen_ids, rejected_ids, token_budget) -> float:
 
 def ensure_finite(value: float, what: str) -> float:
     if not math.isfinite(value):
-        raise click.ClickException(f"{what} is {value}: stopping instead of saving a broken model "
-                                   "(try a lower --lr, or --dtype float32)")
+        raise common.RMTError(f"{what} is {value}: stopping instead of saving a broken model "
+                              "(try a lower --lr, or --dtype float32)")
     return value
 
 
@@ -436,13 +436,13 @@ def discard_checkpoint(checkpoint: Path):
 
 
 def save_rm(rm, tokenizer, target: Path):
-    """Write the RM (safetensors, tokenizer, weights.sha256) to `<target>.tmp`, give it the usual permissions,
+    """Write the RM (safetensors, tokenizer, the weights' recorded hash) to `<target>.tmp`, give it the usual permissions,
     then rename it onto `target`."""
     tmp = sibling(target, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     rm.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / common.WEIGHTS_HASH).write_text(common.weights_sha256(tmp) + "\n")
+    common.record_weights(tmp)
     common.share_permissions(tmp)  # transformers writes the safetensors owner-only (0600)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -458,7 +458,7 @@ def write_results(cfg, out: Path):
             record = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed) / "train.json"
             if not record.exists():  # stopped early (--max-steps): nothing to report yet
                 continue
-            metrics = json.loads(record.read_text(encoding="utf-8"))["metrics"]
+            metrics = common.read_json(record)["metrics"]
             pairs = metrics["eval_pairs"]
             correct = round(metrics["eval_accuracy"] * pairs)
             # Each held-out pair is right or wrong, so the pair outcomes are `correct` ones and the rest zeros.

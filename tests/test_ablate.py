@@ -153,9 +153,10 @@ def test_sweep_csv_is_the_paper_rule_on_the_score_files(swept):
         assert len(mine) == len(METHODS) * len(TAUS) * (len(held_out) + 4)
     for r in rows:
         run = common.rm_dir(swept / "runs", "tiny-gpt2", r["objective"], int(r["seed"]))
-        after = paper_rule(common.ablation_dir(run, "zero", r["method"], float(r["tau"])) / "scores"
+        label = f"zero-{r['method']}-tau{float(r['tau']):g}"
+        after = paper_rule(common.intervention_dir(run, "ablate", "act", label) / "scores" / "len48"
                            / f"{r['task']}.jsonl")
-        before = paper_rule(run / "scores" / f"{r['task']}.jsonl")
+        before = paper_rule(run / "scores" / "len48" / f"{r['task']}.jsonl")
         assert int(r["items"]) == len(after) == len(before) == 3
         assert float(r["accuracy"]) == pytest.approx(sum(after.values()) / len(after), abs=1e-12)
         assert float(r["base_accuracy"]) == pytest.approx(sum(before.values()) / len(before), abs=1e-12)
@@ -217,7 +218,7 @@ def test_a_tau_that_selects_no_neuron_is_refused_before_scoring(swept, tmp_path)
     shutil.copytree(swept / "runs", tmp_path / "runs",
                     ignore=lambda folder, names: [n for n in names if n in ("scores", "ablate")])
     result = run_ablate(tmp_path, "--tau", "0.01")
-    assert result.exit_code == 1 and "--tau 0.01 selects no neuron of 576" in result.output
+    assert result.exit_code == 2 and "--tau 0.01 selects no neuron of 576" in result.output
     assert "smallest τ that selects one is 0.0869" in result.output
     assert not list((tmp_path / "runs").rglob("scores"))
 
@@ -228,10 +229,9 @@ def test_mean_ablation_reads_the_neurons_mean_from_the_h5(swept, tmp_path):
     result = run_ablate(tmp_path, "--ablation", "mean")
     assert result.exit_code == 0, result.output
     run = common.rm_dir(tmp_path / "runs", "tiny-gpt2", "helpful", 0)
-    meta = json.loads((common.ablation_dir(run, "mean", "magnitude", 10) / "scores" / "hh-helpful-base.meta.json")
-                      .read_text())
-    model, _ = common.load_reward_model(run / "rm", CPU)
-    neurons = common.read_neurons(run, "magnitude", "act", model, {"model": "tiny-gpt2", "runs_dir": "x"})
+    meta = json.loads((common.intervention_dir(run, "ablate", "act", "mean-magnitude-tau10") / "scores" / "len48"
+                       / "hh-helpful-base.meta.json").read_text())
+    neurons = common.read_neurons(common.neuron_dir(run, "act") / "magnitude.h5", "(remake)")
     selected = common.select_top(neurons.score, 10)
     assert meta["intervention"] == common.intervention("act", "mean", selected, neurons.mean_activation)
     rows = read_csv(tmp_path / "results" / "tiny-gpt2" / "ablate" / "sweep.csv")

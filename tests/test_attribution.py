@@ -155,7 +155,7 @@ def test_validation_files_and_a_measured_ablation_equal_to_zeroing_the_weights_b
 
     # the measured Δm of the first single neuron = the same pairs through the RM with its output weights zeroed
     cfg = {"data_dir": DEMO, "train_split": "train", "eval_split": "test", "eval_fraction": 0.2, "max_pairs": 6}
-    pairs = common.subsample(common.scoring_pairs(cfg, "helpful", 0), 3, 0)
+    pairs = common.subsample(common.scoring_pairs(common.training_pairs(cfg, ["helpful"]), cfg, "helpful", 0), 3, 0)
     model, tokenizer = common.load_reward_model(rm_path, CPU)
     batches = list(common.pair_batches(*common.encode_pairs(tokenizer, pairs, 48), 2, tokenizer.pad_token_id))
     base = neurons.pair_margins(model, batches, CPU, torch.float32)

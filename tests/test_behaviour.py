@@ -6,7 +6,6 @@ import math
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -52,27 +51,27 @@ def test_rb2_best_of_4_gives_1_over_k_on_ties():
              S([3.0], [3.0, 2.0, 0.0]),  # tied with one rejected: 1/2
              S([3.0], [3.0, 3.0, 0.0]),  # tied with two: 1/3
              S([1.0], [3.0, 0.0, 0.0])]  # beaten: 0
-    assert common.rb2_best_of_4(items) == pytest.approx((1 + 1 / 2 + 1 / 3 + 0) / 4)
-    with pytest.raises(click.ClickException, match="exactly one chosen"):
-        common.rb2_best_of_4([S([1.0, 2.0], [0.0])])
+    assert behaviour.rb2_best_of_4(items) == pytest.approx((1 + 1 / 2 + 1 / 3 + 0) / 4)
+    with pytest.raises(common.RMTError, match="exactly one chosen"):
+        behaviour.rb2_best_of_4([S([1.0, 2.0], [0.0])])
 
 
 def test_rm_bench_easy_normal_hard_from_the_3x3_matrix():
     # item 1: chosen 3 > 2 > 1, rejected 2.5, 1.5, 0.5 -> rows of (chosen_i > rejected_j): [1,1,1], [0,1,1], [0,0,1]
     # item 2: every chosen below every rejected -> all 0
     items = [S([3.0, 2.0, 1.0], [2.5, 1.5, 0.5]), S([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])]
-    result = common.rm_bench_accuracy(items)
+    result = behaviour.rm_bench_accuracy(items)
     assert result["normal"] == pytest.approx((1 + 1 + 1) / 3 / 2)  # diagonal
     assert result["hard"] == pytest.approx((1 + 1 + 1) / 3 / 2)  # upper triangle: (0,1), (0,2), (1,2)
     assert result["easy"] == pytest.approx(0.0)  # lower triangle: (1,0), (2,0), (2,1)
-    with pytest.raises(click.ClickException, match="n x n"):
-        common.rm_bench_accuracy([S([1.0], [0.0, 0.0, 0.0])])
+    with pytest.raises(common.RMTError, match="n x n"):
+        behaviour.rm_bench_accuracy([S([1.0], [0.0, 0.0, 0.0])])
 
 
 def test_rewardbench_sections_are_item_count_weighted(tasks):
     accuracy = {"alpacaeval-easy": 1.0, "mt-bench-easy": 0.5, "math-prm": 0.25, "demo-helpful-quality": 0.0}
     counts = {"alpacaeval-easy": 100, "mt-bench-easy": 28, "math-prm": 447, "demo-helpful-quality": 50}
-    sections = common.rewardbench_sections(accuracy, counts, tasks)
+    sections = behaviour.rewardbench_sections(accuracy, counts, tasks)
     assert sections == {"Chat": pytest.approx((100 * 1.0 + 28 * 0.5) / 128), "Reasoning": 0.25}
 
 
@@ -110,7 +109,7 @@ def test_local_file_and_folder_in_the_item_format(tmp_path, tasks):
     # an unknown subset is kept, and said so, never grouped
     assert any("'my-own-task'" in note and "no objective group" in note for note in bench.notes)
     assert common.task_for("my-own-task", tasks).objective is None
-    with pytest.raises(click.ClickException, match="comes from both"):
+    with pytest.raises(common.RMTError, match="comes from both"):
         common.load_benchmarks([str(tmp_path / "bench"), str(tmp_path / "bench" / "a.jsonl")], tasks)
 
 
@@ -120,9 +119,9 @@ def test_local_file_and_folder_in_the_item_format(tmp_path, tasks):
 ])
 def test_malformed_item_names_file_and_line(tmp_path, tasks, broken, problem):
     path = write_jsonl(tmp_path / "bad.jsonl", [item_row(0), broken])
-    with pytest.raises(click.ClickException, match=problem) as error:
+    with pytest.raises(common.RMTError, match=problem) as error:
         common.load_benchmarks([str(path)], tasks)
-    assert f"{path}:2" in error.value.message
+    assert f"{path}:2" in str(error.value)
 
 
 def hub_clone(root: Path, split: str, rows) -> str:
@@ -165,7 +164,7 @@ def test_rm_bench_hub_schema(tmp_path, tasks):
 
 def test_hub_dataset_with_another_schema_is_refused(tmp_path, tasks):
     clone = hub_clone(tmp_path / "rb", "filtered", [{"question": "p", "answer": "a"}])
-    with pytest.raises(click.ClickException, match="lacks the columns"):
+    with pytest.raises(common.RMTError, match="lacks the columns"):
         common.load_benchmarks([f"rewardbench={clone}"], tasks)
 
 
@@ -307,7 +306,7 @@ def test_behaviour_writes_every_table_figure_and_the_report(tmp_path):
     assert "Behavioural retention" in report and "Demo Helpful Style" in report and "Skipped" not in report
     official = (out / "behaviour" / "official.csv").read_text()
     assert "demo-helpful-style hard" in official
-    assert (tmp_path / "runs" / "tiny-gpt2" / "mixed" / "seed0" / "scores" / "demo-harmless-refuse.jsonl").exists()
+    assert (tmp_path / "runs" / "tiny-gpt2" / "mixed" / "seed0" / "scores" / "len64" / "demo-harmless-refuse.jsonl").exists()
 
 
 def test_missing_mixed_rm_is_named_with_its_train_command_and_retention_skipped(tmp_path):
@@ -327,7 +326,7 @@ def test_missing_mixed_rm_is_named_with_its_train_command_and_retention_skipped(
 def test_max_items_scores_the_same_seeded_subsample_of_each_task(tmp_path):
     make_runs(tmp_path / "runs", ("helpful",))
     _, out = run_behaviour(tmp_path, "--objective", "helpful", "--max-items", "3")
-    scores = tmp_path / "runs" / "tiny-gpt2" / "helpful" / "seed0" / "scores"
+    scores = tmp_path / "runs" / "tiny-gpt2" / "helpful" / "seed0" / "scores" / "len64"
     ids = {path.stem: [json.loads(line)["id"] for line in path.read_text().splitlines()]
            for path in scores.glob("*.jsonl")}
     assert {subset: len(kept) for subset, kept in ids.items()} == {

@@ -1,28 +1,34 @@
-"""The 95 % bootstrap intervals over items (common section 1): known answers, seeding, pairing, strata."""
+"""The 95 % bootstrap intervals over items (common section 2, and neurons.py's generic one): known answers,
+seeding, pairing, strata."""
 import math
+import sys
+from pathlib import Path
 
 import numpy
 import pytest
 
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import common  # noqa: E402
+import neurons  # noqa: E402
 
 
 def test_all_correct_items_give_exactly_one_and_none_give_exactly_zero():
     assert common.bootstrap_mean_ci([True] * 50) == (1.0, 1.0)
     assert common.bootstrap_mean_ci(numpy.zeros(50)) == (0.0, 0.0)
-    assert common.bootstrap_ci(lambda i: 1.0, 50) == (1.0, 1.0)
+    assert neurons.bootstrap_ci(lambda i: 1.0, 50) == (1.0, 1.0)
 
 
 def test_half_correct_of_400_is_close_to_the_normal_interval():
     values = numpy.array([1, 0] * 200)
     half = 1.96 * math.sqrt(0.25 / 400)
-    for low, high in (common.bootstrap_mean_ci(values), common.bootstrap_ci(lambda i: values[i].mean(), 400)):
+    for low, high in (common.bootstrap_mean_ci(values), neurons.bootstrap_ci(lambda i: values[i].mean(), 400)):
         assert low == pytest.approx(0.5 - half, abs=0.01) and high == pytest.approx(0.5 + half, abs=0.01)
 
 
 def test_the_generic_and_the_vectorised_mean_agree_on_one_array():
     values = numpy.random.default_rng(3).random(37)
-    assert common.bootstrap_mean_ci(values, seed=5) == common.bootstrap_ci(lambda i: values[i].mean(), 37, seed=5)
+    assert common.bootstrap_mean_ci(values, seed=5) == neurons.bootstrap_ci(lambda i: values[i].mean(), 37, seed=5)
 
 
 def test_seeded_reproducible_and_another_seed_differs():
@@ -30,8 +36,8 @@ def test_seeded_reproducible_and_another_seed_differs():
     assert common.bootstrap_mean_ci(values) == common.bootstrap_mean_ci(values, seed=0)
     assert common.bootstrap_mean_ci(values) != common.bootstrap_mean_ci(values, seed=1)
     statistic = lambda i: numpy.median(values[i] * i)  # noqa: E731
-    assert common.bootstrap_ci(statistic, 300, seed=2) == common.bootstrap_ci(statistic, 300, seed=2)
-    assert common.bootstrap_ci(statistic, 300, seed=2) != common.bootstrap_ci(statistic, 300, seed=3)
+    assert neurons.bootstrap_ci(statistic, 300, seed=2) == neurons.bootstrap_ci(statistic, 300, seed=2)
+    assert neurons.bootstrap_ci(statistic, 300, seed=2) != neurons.bootstrap_ci(statistic, 300, seed=3)
 
 
 def test_paired_delta_of_identical_before_and_after_is_exactly_zero():
@@ -59,5 +65,5 @@ def test_strata_average_tasks_and_resample_seeds_jointly():
     # two seeds that disagree on every item: a joint draw keeps their mean at exactly 1/2
     seeds = numpy.array([[1, 0] * 20, [0, 1] * 20])
     assert common.bootstrap_mean_ci([seeds]) == (0.5, 0.5)
-    assert math.isnan(common.bootstrap_mean_ci([])[0]) and math.isnan(common.bootstrap_ci(len, 0)[1])
+    assert math.isnan(common.bootstrap_mean_ci([])[0]) and math.isnan(neurons.bootstrap_ci(len, 0)[1])
     assert common.BOOTSTRAP_RESAMPLES == 1000 and "1000 resamples, seed 0" in common.BOOTSTRAP_NOTE

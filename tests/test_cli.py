@@ -67,13 +67,13 @@ def test_hub_failures_are_one_line_with_the_local_alternative(monkeypatch):
         raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)\nmany more lines")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(common.click.ClickException) as err:
+    with pytest.raises(common.RMTError) as err:
         common.load_hh("harmless", None, "train", "test", 0.2, common.BadRows())
-    assert "HH-RLHF harmless-base (train) from Anthropic/hh-rlhf" in err.value.message
-    assert "--data-dir" in err.value.message and "\n" not in err.value.message
-    with pytest.raises(common.click.ClickException) as err:
+    assert "HH-RLHF harmless-base (train) from Anthropic/hh-rlhf" in str(err.value)
+    assert "--data-dir" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(common.RMTError) as err:
         common.load_benchmarks(["rewardbench"], common.load_tasks())
-    assert "rewardbench benchmark (allenai/reward-bench" in err.value.message and "rewardbench=DIR" in err.value.message
+    assert "rewardbench benchmark (allenai/reward-bench" in str(err.value) and "rewardbench=DIR" in str(err.value)
 
 
 def test_items_with_a_chosen_equal_to_a_rejected_are_counted(tmp_path):
@@ -86,7 +86,7 @@ def test_items_with_a_chosen_equal_to_a_rejected_are_counted(tmp_path):
 
 def test_not_json_message_is_whole(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"id": "a", "subset": "s", "prompt": "p", "chosen": [\n')
-    with pytest.raises(common.click.ClickException, match=r"x.jsonl:1: the line is not valid JSON \(.* at column \d+\)"):
+    with pytest.raises(common.RMTError, match=r"x.jsonl:1: the line is not valid JSON \(.* at column \d+\)"):
         common.read_item_path(tmp_path / "x.jsonl")
 
 
@@ -102,9 +102,10 @@ def test_train_command_repeats_every_option_the_siblings_were_trained_with(tmp_p
                "max_pairs": 600, "max_eval_pairs": 500, "epochs": None, "lr": 0.001, "batch_size": 8,
                "max_length": 256, "dtype": "auto", "seed": (0,), "force": False}
     common.write_json(sibling / "train.json", {"config": {"options": options, "dtype": "torch.float32"}})
-    command = common.train_command(str(tmp_path), "tiny-gpt2", ["mixed"], [1])
+    command = common.train_command({"runs_dir": str(tmp_path), "results_dir": "out", "model": "tiny-gpt2"}, ["mixed"],
+                                   [1])
     for words in ("--lr 0.001", "--max-length 256", "--batch-size 8", "--max-pairs 600", "--train-split test",
-                  "--dtype auto", "--objective mixed --seed 1"):
+                  "--dtype auto", "--objective mixed --seed 1", "--results-dir out"):
         assert words in command, words
     assert "--epochs" not in command and "--force" not in command
 
@@ -112,13 +113,15 @@ def test_train_command_repeats_every_option_the_siblings_were_trained_with(tmp_p
 # ---- behaviour.py's tables against hand-worked numbers ----
 def plant_scores(run: Path, items, scores):
     """Cached scores that behaviour.py will reuse, as if this RM had produced them."""
-    context = common.score_context(64, torch.float32, common.rm_fingerprint(run / "rm"), None)
+    settings = {"max_length": 64, "dtype": str(torch.float32), "fingerprint": common.rm_fingerprint(run / "rm"),
+                "intervention": None}
+    cache = common.score_cache_dir(run, 64, torch.float32)
     for subset, group in common.group_by_subset(items).items():
         rows = [{"id": i.id, "subset": subset, "chosen_scores": scores[i.id][0], "rejected_scores": scores[i.id][1]}
                 for i in group]
-        common.write_jsonl(run / "scores" / f"{subset}.jsonl", rows)
-        common.write_json(run / "scores" / f"{subset}.meta.json",
-                          {"context": context, "item_hashes": {i.id: common.item_hash(i) for i in group}})
+        common.write_jsonl(cache / f"{subset}.jsonl", rows)
+        common.write_json(cache / f"{subset}.meta.json",
+                          {**settings, "item_hashes": {i.id: common.item_hash(i) for i in group}})
 
 
 def test_behaviour_tables_equal_hand_computed_numbers(tmp_path):

@@ -6,7 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import click
 import h5py
 import pytest
 import torch
@@ -157,7 +156,7 @@ def test_crash_leaves_no_half_written_file_then_skips_when_done(tmp_path, monkey
     monkeypatch.setattr(h5py.Group, "create_dataset", failing)
     result = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude")
     assert isinstance(result.exception, OSError)
-    assert list(folder.iterdir()) == []  # neither magnitude.h5 nor its temporary file
+    assert not folder.exists() or list(folder.iterdir()) == []  # neither magnitude.h5 nor its temporary file
 
     monkeypatch.setattr(h5py.Group, "create_dataset", create_dataset)
     assert run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude").exit_code == 0
@@ -183,7 +182,7 @@ def test_files_made_with_other_settings_are_rescored_not_reused(tmp_path):
     assert "`down_in`" in report and "helpful seed 0: 3" in report
 
     result = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude", "--max-pairs", "3")
-    assert "max_pairs 5 (now 3)" in result.output and "rescoring" in result.output
+    assert "--max-pairs 5 (now 3)" in result.output and "recomputing" in result.output
     with h5py.File(act_file, "r") as f:
         assert f.attrs["pairs"] == 3
 
@@ -200,34 +199,37 @@ def test_a_copied_data_folder_keeps_the_files_and_an_edited_one_does_not(tmp_pat
     for path in copy.glob("helpful-*/train.jsonl"):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         path.write_text("".join(json.dumps({**row, "chosen": row["chosen"] + " Thanks!"}) + "\n" for row in rows))
-    common.training_pairs.cache_clear()  # a process reads its data once; this test edits it in between
     edited = run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude", "--data-dir", str(copy))
-    assert edited.exit_code == 0 and "pairs_sha256" in edited.output and "rescoring" in edited.output, edited.output
+    assert edited.exit_code == 0 and "pairs_sha256" in edited.output and "recomputing" in edited.output, edited.output
 
 
-def test_read_neurons_refuses_another_site_or_backbone(tmp_path):
+def test_read_neurons_refuses_another_site_rm_or_backbone(tmp_path):
     rm_path = save_rm(tmp_path / "runs", "tiny-gpt2")
     assert run_neurons(tmp_path, "tiny-gpt2", "--method", "magnitude").exit_code == 0
     model, _ = common.load_reward_model(rm_path, torch.device("cpu"))
-    cfg = {"model": "tiny-gpt2", "runs_dir": str(tmp_path / "runs"), "data_dir": DEMO, "max_pairs": PAIRS}
-    run = rm_path.parent
-    read = common.read_neurons(run, "magnitude", "act", model, cfg)
-    assert read.score.shape == common.mlp_shape(model) and read.site == "act"
-    with h5py.File(run / "neurons" / "magnitude.h5", "r") as f:
+    cfg = {"model": "tiny-gpt2", "runs_dir": str(tmp_path / "runs"), "results_dir": "results", "data_dir": DEMO,
+           "max_pairs": PAIRS, "site": "act"}
+    path = rm_path.parent / "neurons" / "magnitude.h5"
+    remake = common.neurons_command(cfg, "helpful", 0, ["magnitude"])
+    read = common.read_neurons(path, remake, common.mlp_shape(model))
+    assert read.score.shape == common.mlp_shape(model) and read.attrs["site"] == "act"
+    with h5py.File(path, "r") as f:
         pooled = (f["chosen/sum"][()] + f["rejected/sum"][()]) / (f["chosen/tokens"][()] + f["rejected/tokens"][()])
     torch.testing.assert_close(read.mean_activation, torch.from_numpy(pooled))
-    with h5py.File(run / "neurons" / "magnitude.h5", "r+") as f:
-        f.attrs["site"] = "down_in"
-    with pytest.raises(click.ClickException, match="(?s)made at site .down_in.*neurons.py --model tiny-gpt2"):
-        common.read_neurons(run, "magnitude", "act", model, cfg)
+    identity = common.neuron_settings(cfg, rm_path, None, None, None)
+    assert common.reuse(path, common.h5_settings, identity, keys=common.NEURON_IDENTITY, remake=remake)
+    for key, value in (("site", "down_in"), ("rm_weights", "0" * 64), ("model", "tiny-llama")):
+        with pytest.raises(common.RMTError, match=f"(?s){key} .*neurons.py --model tiny-gpt2"):
+            common.reuse(path, common.h5_settings, {**identity, key: value}, keys=common.NEURON_IDENTITY,
+                         remake=remake)
     llama, _ = common.new_reward_model("tiny-llama", 0)
-    with pytest.raises(click.ClickException, match="neuron grid"):
-        common.read_neurons(run, "magnitude", "down_in" if False else "act", llama, cfg)
+    with pytest.raises(common.RMTError, match="neuron grid"):
+        common.read_neurons(path, remake, common.mlp_shape(llama))
 
 
 def test_tau_that_selects_no_neuron_is_refused_with_the_smallest_that_does():
     score = torch.rand(3, 192)
-    with pytest.raises(click.ClickException, match="smallest τ that selects one is 0.0869"):
+    with pytest.raises(common.RMTError, match="smallest τ that selects one is 0.0869"):
         common.select_top(score, 0.01)
     assert int(common.select_top(score, 0.0869).sum()) == 1
 

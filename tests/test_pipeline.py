@@ -167,7 +167,7 @@ def test_a_run_killed_twice_with_sigkill_ends_with_the_tables_of_an_uninterrupte
     shutil.rmtree(seed1)
     kill_when(checkout, start(checkout), lambda: (seed1 / "checkpoint").is_dir(),
               "a checkpoint of the mixed seed-1 RM")
-    restarted = kill_when(checkout, start(checkout), lambda: any((seed1 / "ablate").glob("*/scores/*.jsonl")),
+    restarted = kill_when(checkout, start(checkout), lambda: any((seed1 / "ablate").rglob("scores/*/*.jsonl")),
                           "the first ablation scores")
     run(checkout)
 
@@ -190,7 +190,7 @@ def test_a_changed_setting_and_force_step_redo_only_what_they_touch(demo, tmp_pa
     assert set(before) <= set(after)
     redone = {path for path in before if after[path] != before[path]}
     # behaviour.py scores the benchmark items; the held-out pairs (hh-*) in the same folder are ablate.py's.
-    behaviour_scores = {path for path in before if re.search(r"/seed\d/scores/demo-", path)}
+    behaviour_scores = {path for path in before if re.search(r"/seed\d/scores/len128/demo-", path)}
     assert redone == behaviour_scores
 
 

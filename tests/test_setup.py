@@ -125,3 +125,15 @@ def test_pure_torch_fallback_without_the_extension():
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fallback ok" in result.stdout
+
+
+def test_installing_shadows_no_module_named_common_and_keeps_pytest_out_of_the_runtime(setup_py, tmp_path):
+    """Issue #18: `pip install -e .` must not put a top-level `common` into site-packages (a name any project may
+    use), and pytest is a test extra, not a runtime requirement."""
+    _, got = setup_py
+    assert "py_modules" not in got and got["packages"] == ["rmt_kernels"]
+    assert not any(r.startswith("pytest") for r in got["install_requires"])
+    assert got["extras_require"] == {"test": ["pytest"]}
+    found = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('common'))"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "None", f"an installed module shadows `common`: {found}"

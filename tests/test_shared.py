@@ -35,7 +35,7 @@ def test_disjoint_sets():
     o = shared.overlaps(H, A, M)
     assert o == {"retention": 2 / 4, "retention_authors": 2 / 4, "HA_over_H": 0.0, "HA_over_A": 0.0,
                  "jaccard_HA": 0.0, "jaccard_MH": 1 / 3, "jaccard_MA": 1 / 3, "shared_share": 0.0}
-    parts = shared.partitions(H, A)
+    parts = common.partitions(H, A)
     assert torch.equal(parts["helpful-only"], H) and torch.equal(parts["harmless-only"], A)
     assert not parts["shared"].any()
 
@@ -44,7 +44,7 @@ def test_identical_sets():
     H = mask({0, 1, 2})
     o = shared.overlaps(H, H.clone(), H.clone())
     assert o == {**{k: 1.0 for k in shared.MEASURES}, "shared_share": 0.3}
-    parts = shared.partitions(H, H.clone())
+    parts = common.partitions(H, H.clone())
     assert torch.equal(parts["shared"], H) and not parts["helpful-only"].any() and not parts["harmless-only"].any()
 
 
@@ -53,7 +53,7 @@ def test_one_set_inside_another():
     o = shared.overlaps(H, A, M)
     assert o == {"retention": 1 / 4, "retention_authors": 1 / 5, "HA_over_H": 0.5, "HA_over_A": 1.0,
                  "jaccard_HA": 0.5, "jaccard_MH": 1 / 5, "jaccard_MA": 1 / 3, "shared_share": 0.2}
-    parts = shared.partitions(H, A)
+    parts = common.partitions(H, A)
     assert torch.equal(parts["helpful-only"], mask({2, 3})) and torch.equal(parts["shared"], A)
     assert not parts["harmless-only"].any()
 
@@ -183,11 +183,11 @@ def test_end_to_end_on_tiny_rms(tmp_path):
         H, A = by_tau[int(row["tau"])]
         size = {"helpful-only": len(H - A), "harmless-only": len(A - H), "shared": len(H & A)}
         assert int(row["neurons"]) == size[row["partition"].removeprefix("random-")], row
-        base, ids = paper_rule(mixed / "scores" / f"{row['task']}.jsonl")
+        base, ids = paper_rule(mixed / "scores" / "len48" / f"{row['task']}.jsonl")
         assert len(ids) == int(row["items"]) <= 4
         assert float(row["base_accuracy"]) == pytest.approx(base)
         if int(row["neurons"]):
-            folder = mixed / "shared" / f"zero-{row['partition']}-magnitude-tau{row['tau']}" / "scores"
+            folder = mixed / "shared" / f"zero-{row['partition']}-magnitude-tau{row['tau']}" / "scores" / "len48"
             ablated, _ = paper_rule(folder / f"{row['task']}.jsonl", ids)
         else:
             ablated = base  # an empty partition repeats the baseline

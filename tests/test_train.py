@@ -9,7 +9,6 @@ import shutil
 import stat
 from pathlib import Path
 
-import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -90,7 +89,7 @@ def test_truncation_keeps_the_end():
 
 
 def test_unknown_model_lists_known_names():
-    with pytest.raises(click.UsageError) as err:
+    with pytest.raises(common.RMTError) as err:
         common.resolve_backbone("gpt5-huge")
     assert "gpt2-medium" in str(err.value) and "smollm2-135m-instruct-q4" in str(err.value)
     assert "local directory" in str(err.value)
@@ -154,13 +153,13 @@ def test_file_that_is_not_hh_stops_naming_file_and_line(tmp_path, content, line)
     path = tmp_path / "harmless-base" / "test.jsonl"
     path.parent.mkdir()
     path.write_text(content)
-    with pytest.raises(click.ClickException) as err:
+    with pytest.raises(common.RMTError) as err:
         common.read_hh_file(path, "harmless-base", common.BadRows())
-    assert f"{path}:{line}" in err.value.message
+    assert f"{path}:{line}" in str(err.value)
 
 
 def test_missing_data_dir_layout_is_explained(tmp_path):
-    with pytest.raises(click.ClickException, match="--train-split test"):
+    with pytest.raises(common.RMTError, match="--train-split test"):
         common.load_hh("harmless", str(tmp_path), "train", "test", 0.2, common.BadRows())
 
 
@@ -204,13 +203,13 @@ def test_a_trained_rm_is_kept_for_the_same_settings_and_pairs_and_retrained_for_
     assert "already trained" in run_train(*args, "--data-dir", moved)
 
     retrained = run_train(*args, "--data-dir", moved, "--lr", "2e-3")
-    assert "trained with other settings (--lr 0.001 (now 0.002)): retraining" in retrained
+    assert "was made with --lr 0.001 (now 0.002): retraining" in retrained
     assert "already trained" in run_train(*args, "--data-dir", moved, "--lr", "2e-3")
 
     write_hh(moved, "harmless-base", "test", [hh_row(f"Tell me about owls #{i}", "Owls hunt at night.", "OWLS!!!")
                                                    for i in range(40)])
     edited = run_train(*args, "--data-dir", moved, "--lr", "2e-3")
-    assert "other training or held-out pairs" in edited and "retraining" in edited
+    assert "pairs_sha256" in edited and "retraining" in edited
 
 
 def test_the_report_gets_held_out_accuracy_with_its_interval_and_the_loss_curves(tmp_path, toy_hh):
@@ -246,8 +245,8 @@ def test_interrupted_training_resumes_where_it_stopped(tmp_path, toy_hh):
     assert split["eval_accuracy"] == pytest.approx(straight["eval_accuracy"])
 
 
-@pytest.mark.parametrize("option, value, difference", [("--lr", "2e-3", "--lr: checkpoint 0.001, now 0.002"),
-                                                      ("--batch-size", "4", "--batch-size: checkpoint 8, now 4")])
+@pytest.mark.parametrize("option, value, difference", [("--lr", "2e-3", "--lr 0.001 (now 0.002)"),
+                                                      ("--batch-size", "4", "--batch-size 8 (now 4)")])
 def test_resuming_with_other_options_is_refused_unless_forced(tmp_path, toy_hh, option, value, difference):
     args = [*TRAIN_ARGS, "--data-dir", toy_hh, "--runs-dir", tmp_path / "runs"]
     run = tmp_path / "runs" / "tiny-gpt2" / "harmless" / "seed0"
@@ -255,7 +254,7 @@ def test_resuming_with_other_options_is_refused_unless_forced(tmp_path, toy_hh, 
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]  # no .old or .tmp left behind
     refused = CliRunner().invoke(train.main, [str(a) for a in [*args, option, value]])
     assert refused.exit_code != 0
-    assert difference in refused.output and refused.output.count(", now ") == 1
+    assert difference in refused.output and refused.output.count("(now ") == 1
     assert "--force" in refused.output
     assert "resuming from step 2" in run_train(*args, "--max-steps", "3")  # refused, not harmed
     forced = run_train(*args, option, value, "--force", "--max-steps", "1")
@@ -306,7 +305,7 @@ def test_saved_rm_has_the_umask_permissions_and_its_weights_hash(tmp_path, umask
     rm = tmp_path / "rm"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in rm.iterdir()}
-    assert {"model.safetensors", "config.json", "weights.sha256"} <= set(modes)
+    assert {"model.safetensors", "config.json", "weights.sha256", "weights.stat.json"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)  # 0o644 under umask 022
     assert stat.S_IMODE(rm.stat().st_mode) == 0o777 & ~umask
     digest = hashlib.sha256()
