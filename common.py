@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -831,31 +832,41 @@ def hh_row_problem(row) -> str | None:
 def read_hh_file(path: Path, subset: str, bad: BadRows) -> list[Pair]:
     """One local HH-RLHF file (.jsonl or .jsonl.gz). Bad rows are counted; a file that is not
     HH-RLHF-shaped at all (a line that is not a JSON object, or not one good pair) stops the run."""
-    opener = gzip.open if path.suffix == ".gz" else open
     pairs, first_bad = [], None
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                bad.add(where, "not UTF-8")
-                continue
-            if not line.strip():
-                continue
-            row = json_line(line, where, "not an HH-RLHF file: ")
-            if not isinstance(row, dict):
-                raise RMTError(f"{where}: not an HH-RLHF file (expected a JSON object per line)")
-            problem = hh_row_problem(row)
-            if problem:
-                bad.add(where, problem)
-                first_bad = first_bad or f"{where}: {problem} (keys {sorted(row)})"
-            else:
-                pairs.append(Pair(row["chosen"], row["rejected"], subset))
+    for lineno, raw in enumerate(_raw_lines(path), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            bad.add(where, "not UTF-8")
+            continue
+        if not line.strip():
+            continue
+        row = json_line(line, where, "not an HH-RLHF file: ")
+        if not isinstance(row, dict):
+            raise RMTError(f"{where}: not an HH-RLHF file (expected a JSON object per line)")
+        problem = hh_row_problem(row)
+        if problem:
+            bad.add(where, problem)
+            first_bad = first_bad or f"{where}: {problem} (keys {sorted(row)})"
+        else:
+            pairs.append(Pair(row["chosen"], row["rejected"], subset))
     if not pairs:
         raise RMTError(f"not an HH-RLHF file: no row holds a 'chosen'/'rejected' transcript pair. "
                        f"First row: {first_bad or f'{path}: empty file'}")
     return pairs
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a .jsonl or .jsonl.gz file as bytes, streamed; RMTError naming the file when it is cut short or
+    damaged (a gzip stream that ends early)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            yield from f
+    except (EOFError, OSError, zlib.error) as err:
+        raise RMTError(f"{path} cannot be read ({type(err).__name__}: {err}): a truncated or damaged copy? Fetch it "
+                       "again") from None
 
 
 def read_hh_subset(data_dir: str | None, subset: str, split: str, bad: BadRows) -> list[Pair]:
@@ -2095,6 +2106,7 @@ def rm_problem(run: Path) -> str:
     if not (rm / "config.json").exists():
         return f"{rm} has no config.json (incomplete or damaged)"
     try:
+        read_json(rm / "config.json")
         rm_fingerprint(rm)
     except RMTError as err:
         return str(err)

@@ -365,7 +365,7 @@ def fig2_accuracy(rows, subsets, objectives, tasks, path: Path, asked=common.OBJ
         ax.set_xlim(0, 100)
         ax.set_title(GROUP_TITLES[group])
         ax.grid(axis="x", alpha=0.3)
-    axes[-1, 0].set_xlabel(f"accuracy (%), min chosen > max rejected; error bars: {common.BOOTSTRAP_NOTE}")
+    axes[-1, 0].set_xlabel("accuracy (%), min chosen > max rejected; bars: 95 % bootstrap interval over items")
     axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", title="RM")
     common.save_figure(fig, path)
 

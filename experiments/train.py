@@ -280,8 +280,9 @@ def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> di
         return progress
     try:
         differences = common.stale_reason(common.read_json(found / "options.json"), run.options, keys=run.options)
+        saved = common.read_json(found / "progress.json")
     except common.Unreadable as err:
-        differences = f"options not recorded ({err})"
+        differences = f"a record that cannot be read ({err})"
     if differences and not force:
         raise common.RMTError(f"{found} was made with other options: {differences}. Rerun with the checkpoint's "
                               "options to continue it, or pass --force to delete it and start over.")
@@ -291,8 +292,12 @@ def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> di
             discard_checkpoint(checkpoint)
         accelerator.wait_for_everyone()
         return progress
-    accelerator.load_state(str(found))
-    progress = common.read_json(found / "progress.json")
+    try:
+        accelerator.load_state(str(found))
+    except (OSError, RuntimeError, ValueError, KeyError) as err:  # its weights or optimizer state are damaged
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise common.RMTError(f"{found} cannot be loaded ({first}): delete it to start over") from None
+    progress = saved
     note = f" (from {found.name}: the last save was cut short)" if found != checkpoint else ""
     click.echo(f"{tag} resuming from step {progress['step']} of {len(run.steps)}{note}")
     return progress

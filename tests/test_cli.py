@@ -173,3 +173,35 @@ def test_behaviour_tables_equal_hand_computed_numbers(tmp_path):
     calibration = {(r["comparison"], r["subset"]): r for r in table("calibration")}
     both = calibration["helpful vs mixed", "demo-helpful-quality"]  # q0, q2: margins 0.5 for both RMs
     assert int(both["items_both_correct"]) == 2 and float(both["mixed_mean_margin"]) == pytest.approx(0.5)
+
+
+def test_library_sections_raise_plain_errors_and_sections_use_only_earlier_ones():
+    """Issue #18: below the command-line section (11) common.py knows no click, and no top-level definition uses a
+    name defined in a later section (the docstring's table of contents is the order of the file)."""
+    import ast
+    import re
+
+    source = (ROOT / "common.py").read_text()
+    lines = source.splitlines()
+    starts = [i + 1 for i, line in enumerate(lines) if re.match(r"# \d+\. ", line)]
+    listed = re.findall(r"^(\d+)\. ", common.__doc__, flags=re.M)
+    assert listed == [str(k) for k in range(1, len(starts) + 1)] == [lines[i - 1].split(".")[0][2:] for i in starts]
+    command_line = starts[-1]
+    assert "click." not in "\n".join(lines[:command_line])
+
+    def section(lineno):
+        return sum(lineno >= start for start in starts)
+
+    tree = ast.parse(source)
+    defined = {}
+    for node in tree.body:
+        targets = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
+            [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        defined.update(dict.fromkeys(targets, section(node.lineno)))
+    for node in tree.body:
+        local = {n.arg for n in ast.walk(node) if isinstance(n, ast.arg)} | {
+            n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} | {
+            n.name for n in ast.walk(node) if isinstance(n, ast.FunctionDef) and n is not node}
+        later = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id not in local
+                 and defined.get(n.id, 0) > section(node.lineno)}
+        assert not later, f"common.py:{node.lineno} uses {sorted(later)} from a later section"

@@ -351,3 +351,29 @@ def test_a_lone_surrogate_is_refused_naming_file_and_line(tmp_path):
 def test_every_script_is_behind_the_one_line_boundary():
     for script in (train, behaviour, neurons, ablate, shared, conflict):
         assert isinstance(script.main, common.Step), script.__name__
+
+
+def test_a_cut_short_data_file_or_rm_config_is_one_line(root, tmp_path):
+    import gzip
+
+    data = tmp_path / "hh"
+    shutil.copytree(DEMO, data)
+    for subset in common.HH_SUBSETS["mixed"]:
+        raw = (data / subset / "train.jsonl").read_bytes()
+        (data / subset / "train.jsonl").unlink()
+        (data / subset / "train.jsonl.gz").write_bytes(gzip.compress(raw)[:300])
+    with pytest.raises(common.RMTError, match=r"train.jsonl.gz cannot be read .*Fetch it again"):
+        common.load_hh("harmless", str(data), "train", "test", 0.2, common.BadRows())
+    (rm(root) / "config.json").write_text('{"model_type": "gpt2", ')
+    told = invoke(behaviour, root, *SMALL, "--objective", "helpful")
+    assert told.exit_code == 1 and "config.json is not valid JSON" in told.output
+
+
+def test_a_damaged_checkpoint_is_refused_with_force_named(tmp_path):
+    args = [*TRAIN, "--objective", "harmless", "--save-every", "1"]
+    ok(train, tmp_path, *args, "--max-steps", "1")
+    checkpoint = common.rm_dir(tmp_path / "runs", "tiny-gpt2", "harmless", 0) / "checkpoint"
+    (checkpoint / "progress.json").write_text("{")
+    refused = invoke(train, tmp_path, *args)
+    assert refused.exit_code == 1 and "progress.json is not valid JSON" in refused.output and "--force" in refused.output
+    assert "already trained" not in ok(train, tmp_path, *args, "--force")
