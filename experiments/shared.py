@@ -39,6 +39,7 @@ docs/artifacts.md; definitions (chance levels, controls, the verdict): docs/meth
 """
 import functools
 import hashlib
+import json
 import math
 import statistics
 import sys
@@ -281,11 +282,13 @@ def save_partitions(cfg, run, model, items, dtype, rows, set_hashes):
         stored = common.read_json(path) if path.exists() else {}
         kept = stored.get("configurations", {}) if stored.get("settings") == settings else {}
     except (common.Unreadable, AttributeError):
-        kept = {}
+        stored, kept = {}, {}
     configurations = {**kept, **{f"{method}-tau{tau:g}": {**hashes, "rows": [
         {k: r[k] for k in PARTITION_FIELDS} for r in rows if (r["method"], r["tau"]) == (method, tau)]}
         for (method, tau), hashes in set_hashes.items()}}
-    common.write_json(path, {"settings": settings, "configurations": configurations})
+    content = {"settings": settings, "configurations": configurations}
+    if json.loads(json.dumps(content)) != stored:  # unchanged: left as it is, like every other finished unit
+        common.write_json(path, content)
 
 
 # ---------------------------------------------------------------------------------------------
