@@ -67,10 +67,7 @@ def main(**cfg):
     # save
     write_tables(out, tables)
     fig2_accuracy(rows, subsets, objectives, tasks, out / "fig2_accuracy.png", cfg["objective"])
-    if tables["calibration"] is not None:
-        fig3_calibration(tables["calibration"]["margins"], subsets, tasks, out / "fig3_calibration.png")
-    else:
-        (out / "fig3_calibration.png").unlink(missing_ok=True)
+    fig3_calibration(tables["calibration"], subsets, tasks, out / "fig3_calibration.png")
     common.write_text(out / "report_section.md", report_section(cfg, runs, missing, bench, counts, tables))
     common.write_json(out / "run.json", {
         **common.run_record({**cfg, "device": str(device), "dtype": str(dtype)}),
@@ -370,9 +367,14 @@ def fig2_accuracy(rows, subsets, objectives, tasks, path: Path, asked=common.OBJ
     common.save_figure(fig, path)
 
 
-def fig3_calibration(margins, subsets, tasks, path: Path):
+def fig3_calibration(calibration, subsets, tasks, path: Path):
     """Fig. 3: on items both RMs get right, the margin distribution of the single-objective RM beside the mixed
-    one (left), and the mean (bar) and median (dot) margin per task (right)."""
+    one (left), and the mean (bar) and median (dot) margin per task (right). Without a calibration table (no seed
+    with the mixed and a single-objective RM) an earlier run's figure is removed."""
+    if calibration is None:
+        path.unlink(missing_ok=True)
+        return
+    margins = calibration["margins"]
     plt = common.pyplot()
     singles = [o for o in SINGLE if any((o, s) in margins for s in subsets)]
     fig, axes = plt.subplots(len(singles), 2, figsize=(13, 1.8 + 0.35 * len(subsets) * len(singles)),
