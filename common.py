@@ -1366,19 +1366,21 @@ def mlp_hooks(model, site: str, fn: Callable[[int, torch.Tensor], torch.Tensor |
             handle.remove()
 
 
-def mask_fingerprint(selected) -> str:
-    """The content hash of a [layers, d_mlp] bool neuron set (a torch or numpy mask: the same bytes)."""
+def mask_fingerprint(selected, values: torch.Tensor | None = None) -> str:
+    """The content hash of a [layers, d_mlp] bool neuron set (a torch or numpy mask: the same bytes), and of the
+    selected neurons' replacement `values` where given (mean-ablation)."""
     array = selected.cpu().numpy() if isinstance(selected, torch.Tensor) else numpy.asarray(selected)
-    return hashlib.sha256(numpy.ascontiguousarray(array, dtype=bool).tobytes()).hexdigest()
+    digest = hashlib.sha256(numpy.ascontiguousarray(array, dtype=bool).tobytes())
+    if values is not None:
+        digest.update(values[torch.as_tensor(array)].double().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def intervention(site: str, ablation: str, selected: torch.Tensor, values: torch.Tensor | None = None) -> dict:
     """What an ablation does, for score cache keys: the site, the kind, and a fingerprint of the exact neuron set
     (and of the replacement values for mean-ablation)."""
-    digest = hashlib.sha256(selected.cpu().numpy().tobytes())
-    if values is not None:
-        digest.update(values[selected.cpu()].double().cpu().numpy().tobytes())
-    return {"site": site, "ablation": ablation, "neurons": int(selected.sum()), "fingerprint": digest.hexdigest()}
+    return {"site": site, "ablation": ablation, "neurons": int(selected.sum()),
+            "fingerprint": mask_fingerprint(selected, values)}
 
 
 MEAN_AT_ACT_NOTE = ("mean-ablation at `act` of a gated MLP (act(gate)·up) still multiplies the replaced value by `up`, "
@@ -1642,13 +1644,14 @@ def read_neurons(path: Path, remake: str, shape: tuple[int, int] | None = None, 
     return neurons
 
 
-def neuron_settings(cfg: dict, rm: Path, pairs: Sequence[Pair] | None, max_length: int | None,
-                    dtype: torch.dtype | None) -> dict:
-    """Everything that shapes a neuron file's numbers (NEURON_IDENTITY first; pairs None: the identity only)."""
-    identity = {"model": cfg["model"], "rm_weights": rm_fingerprint(rm), "site": cfg["site"]}
-    if pairs is None:
-        return identity
-    return {**identity, **pair_settings(cfg, pairs), "max_length": max_length, "dtype": str(dtype)}
+def neuron_identity(cfg: dict, rm: Path) -> dict:
+    """NEURON_IDENTITY's values for the RM `rm` at cfg["site"]."""
+    return {"model": cfg["model"], "rm_weights": rm_fingerprint(rm), "site": cfg["site"]}
+
+
+def neuron_settings(cfg: dict, rm: Path, pairs: Sequence[Pair], max_length: int, dtype: torch.dtype) -> dict:
+    """Everything that shapes a neuron file's numbers: its identity, the scored pairs, max length and dtype."""
+    return {**neuron_identity(cfg, rm), **pair_settings(cfg, pairs), "max_length": max_length, "dtype": str(dtype)}
 
 
 def stale_neuron_files(cfg: dict, folder: Path, methods: Sequence[str], wanted: dict, keys, tag: str) -> list[str]:
@@ -1670,8 +1673,7 @@ def compute_neuron_files(cfg: dict, rm: Path, objective: str, seed: int, methods
 
     tag = f"[{objective} seed {seed}]"
     # what identifies a file needs no pairs: the steps that only read the files load none while theirs are current
-    todo = None if keys is None else stale_neuron_files(cfg, folder, methods, neuron_settings(cfg, rm, None, None,
-                                                                                              None), keys, tag)
+    todo = None if keys is None else stale_neuron_files(cfg, folder, methods, neuron_identity(cfg, rm), keys, tag)
     if todo == []:
         return {"objective": objective, "seed": seed, "reused": list(methods)}
     max_length = min(cfg["max_length"], context_length(AutoConfig.from_pretrained(rm)))
@@ -2068,15 +2070,24 @@ TRAINING_OPTIONS = ("train_split", "eval_split", "eval_fraction", "max_pairs", "
                     "batch_size", "max_length", "dtype")
 
 
+def training_config(run: Path) -> tuple[dict, dict]:
+    """(the resolved config, the options train.py was GIVEN) that the RM of `run` records in its train.json (records
+    older than the `options` entry hold the given options in the config itself); Unreadable when it cannot be read."""
+    config = read_json(run / "train.json")
+    config = config.get("config") if isinstance(config, dict) else None
+    options = config.get("options", config) if isinstance(config, dict) else None
+    if not isinstance(options, dict):
+        raise Unreadable(f"{run / 'train.json'} holds no config")
+    return config, options
+
+
 def training_record(run: Path) -> dict | None:
-    """The options train.py was GIVEN for the RM of `run` (its train.json), or None where there is no readable
-    train.json (an RM saved some other way, or a damaged record)."""
+    """training_config's options, or None where there is no readable train.json (an RM saved some other way, or a
+    damaged record)."""
     try:
-        config = read_json(run / "train.json")["config"]
-        options = config.get("options", config)
-    except (Unreadable, KeyError, TypeError, AttributeError):
+        return training_config(run)[1]
+    except Unreadable:
         return None
-    return options if isinstance(options, dict) else None
 
 
 def train_command(cfg: dict, objectives: Sequence[str], seeds: Sequence[int]) -> str:

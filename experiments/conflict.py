@@ -185,7 +185,8 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 with common.autocast(device, dtype):
                     reward = common.rewards(model, input_ids, mask)
-                for total_grad, grad in zip(grads, torch.autograd.grad(common.bradley_terry_loss(reward[:n], reward[n:]), params)):
+                loss = common.bradley_terry_loss(reward[:n], reward[n:])
+                for total_grad, grad in zip(grads, torch.autograd.grad(loss, params)):
                     total_grad += grad.double()
             for running, grad in zip(sums, grads):
                 running += grad
@@ -417,7 +418,7 @@ def neuron_sets(cfg, seed, method) -> tuple[dict[str, numpy.ndarray] | None, dic
             problem = common.rm_problem(run)
             if problem:
                 raise common.RMTError(problem)
-            identity = common.neuron_settings({**cfg, "site": "act"}, run / "rm", None, None, None)
+            identity = common.neuron_identity({**cfg, "site": "act"}, run / "rm")
             common.reuse(path, common.h5_settings, identity, keys=common.NEURON_IDENTITY, remake=remake)
             masks[objective] = common.select_top(common.read_neurons(path, remake).score, cfg["tau"]).numpy()
         except common.RMTError as err:
@@ -441,16 +442,18 @@ def group_deltas(cfg, run: Path, method: str, hashes: dict) -> tuple[dict | None
                          "--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg["results_dir"]),
                          "--method", method, "--tau", f"{cfg['tau']:g}"])
 
+    stored = {}
+
     def recorded(path):
-        stored = common.read_json(path)
+        stored.update(common.read_json(path))  # read once: the rows come from the same read
         return {**stored["settings"], **{k: v for k, v in stored["configurations"].get(configuration, {}).items()
                                          if k != "rows"}}
 
     wanted = {"rm_weights": common.rm_fingerprint(run / "rm"), "site": "act", **hashes}
     try:
         common.reuse(path, recorded, wanted, keys=wanted, remake=remake)
-        rows = common.read_json(path)["configurations"][configuration]["rows"]
-    except (common.RMTError, KeyError, TypeError) as err:
+        rows = stored["configurations"][configuration]["rows"]
+    except (common.RMTError, KeyError, TypeError, AttributeError) as err:
         return None, str(err) if isinstance(err, common.RMTError) else f"{path} is damaged; remake it with:\n  {remake}"
     tasks = common.load_tasks()
     rows = [{**r, "seed": seed} for r in rows if not common.task_for(r["task"], tasks).held_out]

@@ -259,10 +259,7 @@ def trained_settings(record: Path) -> dict:
     problem = common.rm_problem(record.parent)
     if problem:
         raise common.Unreadable(problem)
-    config = common.read_json(record).get("config")
-    if not isinstance(config, dict):
-        raise common.Unreadable(f"{record} holds no config")
-    given = config.get("options", config)
+    config, given = common.training_config(record.parent)
     return {**{name: given.get(name) for name in common.TRAINING_OPTIONS}, PAIRS: config.get(PAIRS)}
 
 

@@ -216,7 +216,7 @@ def test_read_neurons_refuses_another_site_rm_or_backbone(tmp_path):
     with h5py.File(path, "r") as f:
         pooled = (f["chosen/sum"][()] + f["rejected/sum"][()]) / (f["chosen/tokens"][()] + f["rejected/tokens"][()])
     torch.testing.assert_close(read.mean_activation, torch.from_numpy(pooled))
-    identity = common.neuron_settings(cfg, rm_path, None, None, None)
+    identity = common.neuron_identity(cfg, rm_path)
     assert common.reuse(path, common.h5_settings, identity, keys=common.NEURON_IDENTITY, remake=remake)
     for key, value in (("site", "down_in"), ("rm_weights", "0" * 64), ("model", "tiny-llama")):
         with pytest.raises(common.RMTError, match=f"(?s){key} .*neurons.py --model tiny-gpt2"):
