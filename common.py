@@ -376,6 +376,22 @@ def bootstrap_paired_delta_ci(before, after, resamples: int = BOOTSTRAP_RESAMPLE
                              level)
 
 
+def bootstrap_cluster_ci(clusters: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float]:
+    """Interval of the mean over all units (e.g. backbone × seed) when whole clusters (backbones) are drawn with
+    replacement and each keeps its own units: the top level of a nested design resampled, the lower ones (seeds,
+    items) left as drawn, since each cluster's units already carry their noise (Ren et al. 2010: resampling every
+    level counts it twice). NaN for fewer than two clusters: there is no spread between clusters to draw from."""
+    clusters = [numpy.asarray(c, dtype=float) for c in clusters if len(c)]
+    if len(clusters) < 2:
+        return math.nan, math.nan
+    sums, counts = numpy.array([c.sum() for c in clusters]), numpy.array([c.size for c in clusters])
+    draws = numpy.random.default_rng(seed).integers(0, len(clusters), size=(resamples, len(clusters)))
+    low, high = numpy.percentile(sums[draws].sum(axis=1) / counts[draws].sum(axis=1),
+                                 [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
 def _strata(values) -> list[numpy.ndarray]:
     """An array, or a list of numbers, is one stratum; any other list holds one stratum per element."""
     if isinstance(values, numpy.ndarray) or not len(values) or numpy.isscalar(values[0]):
@@ -1978,8 +1994,9 @@ def pool_tasks(rows: Sequence[dict], task: str) -> dict:
 
 @dataclass(frozen=True)
 class Summary:
-    """An estimate over seeds: the mean over seeds of a per-seed value, its population std over seeds, the number
-    of seeds, and a 95 % bootstrap interval over items (NaN where none was asked for or it cannot be formed)."""
+    """An estimate over seeds (over backbones × seeds in the grid): the mean over those units of a per-unit value,
+    its population std over them, how many there were, and a 95 % bootstrap interval (NaN where none was asked for
+    or it cannot be formed)."""
     mean: float
     std: float
     seeds: int
@@ -1988,20 +2005,29 @@ class Summary:
 
 
 def summarise(rows: Sequence[dict], field: str, interval: str | None = None) -> Summary:
-    """`rows`: accuracy_rows (with a "seed" each) of ONE RM type and configuration, over the tasks to average.
-    Per seed, the unweighted mean of `field` over the tasks (seeds that have every task), as the paper averages
-    tasks; then mean ± population std over those seeds. `interval` "delta": the paired bootstrap interval of that
-    mean Δ, each task's items drawn once for every seed (every seed scores the same items); "accuracy": the interval
-    of the mean accuracy, likewise; None: none. No interval when a task's seeds differ in items."""
+    """`rows`: accuracy_rows (with a "seed" each, and a "backbone" each in the grid) of ONE RM type and
+    configuration, over the tasks to average. Per unit — a seed, or a backbone and seed — the unweighted mean of
+    `field` over the tasks (units that have every task), as the paper averages tasks; then mean ± population std
+    over those units. `interval` "delta": the paired bootstrap interval of that mean Δ, each task's items drawn once
+    for every seed (every seed scores the same items); "accuracy": the interval of the mean accuracy, likewise (no
+    interval when a task's seeds differ in items); "backbones": bootstrap_cluster_ci over the backbones (the grid,
+    whose rows hold no items); None: none."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    by = {(r["seed"], r["task"]): r for r in rows}
-    seeds = sorted(s for s in {r["seed"] for r in rows} if all((s, t) in by for t in tasks))
-    mean, std, count = mean_std([statistics.fmean(by[s, t][field] for t in tasks) for s in seeds])
+    by = {(r.get("backbone"), r["seed"], r["task"]): r for r in rows}
+    units = sorted(u for u in {(r.get("backbone"), r["seed"]) for r in rows} if all((*u, t) in by for t in tasks))
+    per_unit = {u: statistics.fmean(by[(*u, t)][field] for t in tasks) for u in units}
+    mean, std, count = mean_std(per_unit.values())
     low = high = math.nan
-    if interval and seeds and all(len({len(by[s, t]["correct"]) for s in seeds}) == 1 for t in tasks):
-        after = [numpy.stack([by[s, t]["correct"] for s in seeds]) for t in tasks]
+    if interval == "backbones":
+        clusters = {}
+        for (backbone, _), value in per_unit.items():
+            if not math.isnan(value):
+                clusters.setdefault(backbone, []).append(value)
+        low, high = bootstrap_cluster_ci(list(clusters.values()))
+    elif interval and units and all(len({len(by[(*u, t)]["correct"]) for u in units}) == 1 for t in tasks):
+        after = [numpy.stack([by[(*u, t)]["correct"] for u in units]) for t in tasks]
         if interval == "delta":
-            low, high = bootstrap_paired_delta_ci([numpy.stack([by[s, t]["base_correct"] for s in seeds])
+            low, high = bootstrap_paired_delta_ci([numpy.stack([by[(*u, t)]["base_correct"] for u in units])
                                                    for t in tasks], after)
         else:
             low, high = bootstrap_mean_ci(after)
@@ -2019,6 +2045,38 @@ def cell(summary: Summary, scale: float = 100.0, digits: int = 2, sign: bool = F
     if math.isnan(summary.low):
         return text
     return f"{text} [{form.format(summary.low * scale)}, {form.format(summary.high * scale)}]"
+
+
+# The paper's numbers (SPEC §1) that the per-backbone and the grid tables print beside ours. Tables 2–3: τ = 10,
+# magnitude, mean of 6 backbones × 3 seeds, (baseline, Δ) in percentage points per (RM type, task group); the
+# baselines are also Fig. 2's group accuracies.
+PAPER_ABLATION = {("harmless", "harmless"): (70.82, -12.89), ("harmless", "helpful"): (43.87, 1.06),
+                  ("helpful", "harmless"): (30.50, 5.45), ("helpful", "helpful"): (51.29, -7.30),
+                  ("mixed", "harmless"): (60.62, -13.18), ("mixed", "helpful"): (50.35, -5.88)}
+# Table 4 (percentage points): baseline of the mixed RM and Δ per partition, (harmless tasks, helpful tasks).
+PAPER_TABLE4 = {"baseline": (61.04, 50.47), "shared": (-10.00, -4.40), "harmless-only": (-1.18, -0.76),
+                "helpful-only": (-0.00, -0.83)}
+# The neuron-set overlap measures (shared.py) and the paper's values at τ = 10, magnitude, seed-averaged scores.
+OVERLAP_MEASURES = {"retention": "|M∩(H∪A)| / |H∪A|",
+                    "retention_authors": "|M∩(H∪A)| / |H∪A∪M| (authors' variant)", "HA_over_H": "|H∩A| / |H|",
+                    "HA_over_A": "|H∩A| / |A|", "jaccard_HA": "J(H, A)",
+                    "jaccard_MH": "J(M, H)", "jaccard_MA": "J(M, A)", "shared_share": "|H∩A| / N"}
+PAPER_OVERLAP = {
+    "SmolLM2-135M": {"HA_over_H": 0.826, "jaccard_HA": 0.703, "jaccard_MH": 0.830, "jaccard_MA": 0.741},
+    "GPT-2 small": {"HA_over_H": 0.583, "jaccard_HA": 0.412, "jaccard_MH": 0.493, "jaccard_MA": 0.407},
+    "GPT-2 medium": {"HA_over_H": 0.562, "jaccard_HA": 0.391, "jaccard_MH": 0.472, "jaccard_MA": 0.428},
+}
+PAPER_RETENTION_AUTHORS = 0.549  # over the whole grid
+PAPER_BACKBONE = {"smollm2-135m": "SmolLM2-135M", "smollm2-135m-instruct-q4": "SmolLM2-135M",
+                  "gpt2-small": "GPT-2 small", "gpt2-medium": "GPT-2 medium"}
+PAPER_GRID = (len(BACKBONES), 3)  # the headline means: 6 backbones × 3 seeds
+
+
+def paper_overlap(model: str, measure: str) -> float | None:
+    """The paper's value of an overlap measure for a backbone (None where it reports none)."""
+    if measure == "retention_authors":
+        return PAPER_RETENTION_AUTHORS
+    return PAPER_OVERLAP.get(PAPER_BACKBONE.get(model), {}).get(measure)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2160,17 +2218,47 @@ REPORT_STEPS = ("train", "behaviour", "neurons", "ablate", "shared", "conflict")
 
 
 def write_report(results_dir: str | os.PathLike, model: str) -> Path:
-    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order; and the index
-    results/report.md linking every backbone's report."""
+    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order; then the index
+    results/report.md."""
     root = Path(results_dir) / model_slug(model)
     sections = [read_text(root / step / "report_section.md").strip()
                 for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
     report = root / "report.md"
     write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
-    backbones = sorted(p.parent.name for p in Path(results_dir).glob("*/report.md"))
-    write_text(Path(results_dir) / "report.md", "# rm-tension reports\n\n" + "".join(
-        f"- [{name}]({name}/report.md)\n" for name in backbones))
+    write_index(results_dir)
     return report
+
+
+GRID_FOLDER = "grid"  # results/grid/: grid.py's tables over backbones (no backbone folder has a report_section.md)
+
+
+def file_hashes(root: Path, names: Iterable[str]) -> dict[str, str | None]:
+    """{name: sha256 of root/name, or None where there is no such file}: what grid.py's tables were built from."""
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() if (root / name).is_file() else None
+            for name in names}
+
+
+def write_index(results_dir: str | os.PathLike) -> Path:
+    """results/report.md: a link to every backbone's report; then grid.py's section while every result file it was
+    built from is as it was (else one paragraph saying which changed and the command that rebuilds it: a grid
+    table never averages files that have since changed)."""
+    root = Path(results_dir)
+    backbones = sorted(p.parent.name for p in root.glob("*/report.md"))
+    text = "# rm-tension reports\n\n" + "".join(f"- [{name}]({name}/report.md)\n" for name in backbones)
+    if (root / GRID_FOLDER / "report_section.md").exists():
+        text += "\n" * bool(backbones)
+        try:
+            record = read_json(root / GRID_FOLDER / "run.json")
+            why = stale_reason(record["inputs"], file_hashes(root, record["inputs"]))
+            rebuild = record["rebuild"]
+        except (Unreadable, KeyError, TypeError) as err:
+            why, rebuild = f"{err}", "python experiments/grid.py ... (the backbones and seeds of the grid)"
+        text += (read_text(root / GRID_FOLDER / "report_section.md") if not why else
+                        f"## The grid over backbones\n\nOut of date: the per-backbone result files it was built from "
+                        f"changed since ({why}). Rebuild it (nothing is recomputed) with\n\n    {rebuild}\n")
+    index = root / "report.md"
+    write_text(index, text)
+    return index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2186,9 +2274,11 @@ def options(*decorators):
     return apply
 
 
-model_option = click.option(
-    "--model", default="tiny-gpt2",
-    help="Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json.")
+MODEL_HELP = "Backbone: a registry name (see README), a hub id (org/name) or a local dir with config.json"
+model_option = click.option("--model", default="tiny-gpt2", help=f"{MODEL_HELP}.")
+# grid.py's backbones: the same names, several at once, by default the paper's six
+models_option = click.option("--model", multiple=True, default=tuple(BACKBONES),
+                             help=f"{MODEL_HELP}; repeatable. Default: the paper's six backbones.")
 seed_option = click.option("--seed", type=int, multiple=True, default=(0,), help="Seed(s) of the RMs; repeatable.")
 runs_dir_option = click.option("--runs-dir", type=click.Path(file_okay=False), default="runs",
                                help="Where RMs, their score caches and neuron files live.")

@@ -2,11 +2,14 @@
 # The two commands of the README:
 #   bash run_all.sh         set up (first time), then all six steps on the embedded offline demo
 #   bash run_all.sh test    set up (first time), then the test suite
-# Presets and overrides:    bash run_all.sh [--preset demo|small|paper] [--force STEP]... [KEY=VALUE]...
+# Presets and overrides:    bash run_all.sh [--preset demo|demo-grid|small|paper] [--force STEP]... [KEY=VALUE]...
 #   a preset is data/presets/<name>.env; environment variables and KEY=VALUE arguments override its settings,
 #   e.g.  bash run_all.sh --preset small SEEDS="0 1" ABLATE_ARGS="--tau 10"
+#   MODELS="a b" runs the six steps for each backbone in turn, then experiments/grid.py over them (the paper preset:
+#   its six backbones); MODEL=a runs that one backbone alone.
 #   --force STEP (train, behaviour, neurons, ablate, shared, conflict) redoes that step's work even where it is done.
-# Every step skips what is already done with the same settings, so an interrupted run continues where it stopped.
+# Every step skips what is already done with the same settings, so an interrupted run continues where it stopped; a
+# backbone that fails is named at the end, after the others have run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -84,10 +87,15 @@ fi
 PRESET=demo
 FORCE=()
 OVERRIDES=()
+# Given by the user (environment or KEY=VALUE), not by the preset: MODEL then stands for a one-backbone MODELS.
+model_given=${MODEL+set}
+models_given=${MODELS+set}
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET=${2:?--preset needs a name}; shift 2 ;;
     --force) FORCE+=("${2:?--force needs a step name}"); shift 2 ;;
+    MODEL=*) model_given=set; OVERRIDES+=("$1"); shift ;;
+    MODELS=*) models_given=set; OVERRIDES+=("$1"); shift ;;
     *=*) OVERRIDES+=("$1"); shift ;;
     *) echo "run_all.sh: unknown argument '$1' (expected test, --preset NAME, --force STEP or KEY=VALUE)" >&2; exit 2 ;;
   esac
@@ -103,13 +111,23 @@ while IFS= read -r line; do
   if [ -z "${!key+set}" ]; then eval "$line"; fi
 done < "$preset_file"
 for assignment in "${OVERRIDES[@]}"; do eval "${assignment%%=*}=\"\${assignment#*=}\""; done
+if [ -n "$model_given" ]; then
+  if [ -n "$models_given" ]; then
+    echo "run_all.sh: MODEL and MODELS are both set; MODEL=NAME runs one backbone, MODELS=\"A B ...\" several" >&2
+    exit 2
+  fi
+  MODELS=$MODEL
+fi
+read -r -a BACKBONES <<< "$MODELS"
+if [ "${#BACKBONES[@]}" -eq 0 ]; then
+  echo "run_all.sh: MODELS is empty; name at least one backbone" >&2; exit 2
+fi
 for step in "${FORCE[@]}"; do
   case "$step" in train|behaviour|neurons|ablate|shared|conflict) ;; *) echo "run_all.sh: --force $step: no such step" >&2; exit 2 ;; esac
 done
 
 SEED_ARGS=$(for s in $SEEDS; do printf -- '--seed %s ' "$s"; done)
-LOGS=results/logs/$MODEL
-mkdir -p "$LOGS"
+mkdir -p results
 # One pipeline at a time per checkout: a second one, or the still-running step of a run_all.sh that was killed
 # alone (its python child holds the lock until it exits), would write the same files.
 if command -v flock >/dev/null 2>&1; then
@@ -123,17 +141,18 @@ fi
 STEPS=(train behaviour neurons ablate shared conflict)
 started=$(date +%s)
 
-run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output also in results/logs/<model>/<step>.log
+run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output also in $LOGS/<step>.log (INDEX "": grid)
   local index=$1 name=$2
   shift 2
   local command=("$@")
   if [[ " ${FORCE[*]} " == *" $name "* ]]; then command+=(--force); fi
-  local next=${STEPS[$index]:-done}
-  echo "== $index/${#STEPS[@]} $name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $LOGS/$name.log"
+  local next=done
+  if [ -n "$index" ]; then next=${STEPS[$index]:-done}; fi
+  echo "== ${index:+$index/${#STEPS[@]} }$name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $LOGS/$name.log"
   if ! "${command[@]}" 2>&1 | tee "$LOGS/$name.log"; then
     echo "rm-tension: step '$name' failed; its log is $LOGS/$name.log. Rerun it alone with:" >&2
     echo "  ${command[*]}" >&2
-    exit 1
+    return 1
   fi
 }
 
@@ -145,14 +164,49 @@ if [ "$gpus" -gt 1 ]; then
   echo "== $gpus GPUs visible: training through accelerate launch on all of them =="
 fi
 
-echo "== preset $PRESET: $MODEL, seeds $SEEDS =="
-# shellcheck disable=SC2086  # the *_ARGS settings are word lists
-run_step 1 train "${TRAIN[@]}" experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS
-run_step 2 behaviour "$PY" experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS
-run_step 3 neurons "$PY" experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS
-run_step 4 ablate "$PY" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
-  $ABLATE_ARGS
-run_step 5 shared "$PY" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
-  $SHARED_ARGS
-run_step 6 conflict "$PY" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $CONFLICT_ARGS
-echo "== done in $(( $(date +%s) - started )) s: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="
+backbone() {  # the six steps of one backbone; stops at the first that fails
+  LOGS=results/logs/$MODEL
+  mkdir -p "$LOGS"
+  # shellcheck disable=SC2086  # the *_ARGS settings are word lists
+  run_step 1 train "${TRAIN[@]}" experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
+    $TRAIN_ARGS || return 1
+  run_step 2 behaviour "$PY" experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS || return 1
+  run_step 3 neurons "$PY" experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
+    || return 1
+  run_step 4 ablate "$PY" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+    $ABLATE_ARGS || return 1
+  run_step 5 shared "$PY" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+    $SHARED_ARGS || return 1
+  run_step 6 conflict "$PY" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
+    $CONFLICT_ARGS || return 1
+}
+
+if [ "${#BACKBONES[@]}" -eq 1 ]; then
+  MODEL=${BACKBONES[0]}
+  echo "== preset $PRESET: $MODEL, seeds $SEEDS =="
+  backbone || exit 1
+  echo "== done in $(( $(date +%s) - started )) s: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="
+  exit 0
+fi
+
+# Several backbones: each in turn (each resumable on its own), a failing one named without stopping the others,
+# then the grid over all of them, built from their result files.
+echo "== preset $PRESET: ${#BACKBONES[@]} backbones (${BACKBONES[*]}), seeds $SEEDS =="
+failed=()
+for index in "${!BACKBONES[@]}"; do
+  MODEL=${BACKBONES[$index]}
+  echo "== backbone $(( index + 1 ))/${#BACKBONES[@]}: $MODEL =="
+  backbone || failed+=("$MODEL")
+done
+MODEL_ARGS=$(for m in "${BACKBONES[@]}"; do printf -- '--model %s ' "$m"; done)
+LOGS=results/logs
+# shellcheck disable=SC2086
+run_step "" grid "$PY" experiments/grid.py $MODEL_ARGS $SEED_ARGS || exit 1
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "rm-tension: ${#failed[@]} of ${#BACKBONES[@]} backbones failed: ${failed[*]} (their steps' messages are above," \
+       "their logs in results/logs/<backbone>/); the others are complete, and the grid in results/report.md" \
+       "lists what is missing. Run the same command again to continue." >&2
+  exit 1
+fi
+echo "== done in $(( $(date +%s) - started )) s: runs/ and results/ (report: results/report.md, the grid over" \
+     "${#BACKBONES[@]} backbones, with a link to each backbone's report) =="

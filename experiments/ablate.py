@@ -46,10 +46,6 @@ SWEEP_COLUMNS = ("objective", "seed", "ablation", "method", "tau", "task", "grou
 TABLES = (("table2_harmless", "harmless", "Harmlessness-oriented tasks"),
           ("table3_helpful", "helpful", "Helpfulness-oriented tasks"),
           ("table_other", None, "Tasks not in data/tasks.json"))
-# SPEC §1 "Ablation": τ = 10, magnitude, mean of 6 backbones × 3 seeds; (baseline, Δ) in percentage points.
-PAPER = {("harmless", "harmless"): (70.82, -12.89), ("harmless", "helpful"): (43.87, 1.06),
-         ("helpful", "harmless"): (30.50, 5.45), ("helpful", "helpful"): (51.29, -7.30),
-         ("mixed", "harmless"): (60.62, -13.18), ("mixed", "helpful"): (50.35, -5.88)}
 
 
 @common.step()
@@ -300,7 +296,8 @@ def beside_the_paper(tables, objectives) -> str:
                 ours[objective, group] = f"{common.cell(base, std=False)} / {common.cell(delta, sign=True, std=False)}"
     return common.markdown_table(["RM", "Tasks", "Ours", "Paper"],
                                  [[f"{o} RM", f"{g} tasks", ours.get((o, g), "–"), f"{b:.2f} / {d:+.2f}"]
-                                  for o in objectives for g in ("harmless", "helpful") for b, d in [PAPER[o, g]]])
+                                  for o in objectives for g in ("harmless", "helpful")
+                                  for b, d in [common.PAPER_ABLATION[o, g]]])
 
 
 def report_section(cfg, runs, bench, tables, heldout, method, tau, objectives) -> str:

@@ -58,27 +58,10 @@ import rmt_kernels as rk
 PARTITIONS = common.PARTITIONS
 CONTROLS = tuple(f"random-{p}" for p in PARTITIONS)
 GROUPS = ("harmless", "helpful")
-MEASURES = ("retention", "retention_authors", "HA_over_H", "HA_over_A", "jaccard_HA", "jaccard_MH", "jaccard_MA",
-            "shared_share")
-MEASURE_LABELS = {"retention": "|M∩(H∪A)| / |H∪A|", "retention_authors": "|M∩(H∪A)| / |H∪A∪M| (authors' variant)",
-                  "HA_over_H": "|H∩A| / |H|", "HA_over_A": "|H∩A| / |A|", "jaccard_HA": "J(H, A)",
-                  "jaccard_MH": "J(M, H)", "jaccard_MA": "J(M, A)", "shared_share": "|H∩A| / N"}
 OVERLAP_COLUMNS = ("seed", "method", "tau", "measure", "value", "chance")
 PARTITION_COLUMNS = ("seed", "method", "tau", "partition", "neurons", "task", "group", "items", "accuracy",
                      "base_accuracy", "delta")
 TAU_CURVE = tuple(float(t) for t in range(1, 31))
-# SPEC §1 "Shared neurons": the paper at τ = 10, magnitude, seed-averaged scores.
-PAPER_OVERLAP = {
-    "SmolLM2-135M": {"HA_over_H": 0.826, "jaccard_HA": 0.703, "jaccard_MH": 0.830, "jaccard_MA": 0.741},
-    "GPT-2 small": {"HA_over_H": 0.583, "jaccard_HA": 0.412, "jaccard_MH": 0.493, "jaccard_MA": 0.407},
-    "GPT-2 medium": {"HA_over_H": 0.562, "jaccard_HA": 0.391, "jaccard_MH": 0.472, "jaccard_MA": 0.428},
-}
-PAPER_BACKBONE = {"smollm2-135m": "SmolLM2-135M", "smollm2-135m-instruct-q4": "SmolLM2-135M",
-                  "gpt2-small": "GPT-2 small", "gpt2-medium": "GPT-2 medium"}
-PAPER_RETENTION_AUTHORS = 0.549
-# Table 4 (percentage points): baseline of the mixed RM and Δ per partition, (harmless tasks, helpful tasks).
-PAPER_TABLE4 = {"baseline": (61.04, 50.47), "shared": (-10.00, -4.40), "harmless-only": (-1.18, -0.76),
-                "helpful-only": (-0.00, -0.83)}
 
 
 @common.step()
@@ -250,7 +233,7 @@ def neuron_sets(cfg, seed, files):
             if tau in cfg["tau"]:
                 chance = chance_levels(n, int(H.sum()), int(A.sum()), int(M.sum()))
                 overlap_rows += [{"seed": seed, "method": method, "tau": tau, "measure": k, "value": value[k],
-                                  "chance": chance[k]} for k in MEASURES]
+                                  "chance": chance[k]} for k in common.OVERLAP_MEASURES]
                 parts = common.partitions(H, A)
                 layer_rows += [{"seed": seed, "method": method, "tau": tau, "layer": layer,
                                 **{p: int(parts[p][layer].sum()) for p in PARTITIONS}} for layer in range(shape[0])]
@@ -298,26 +281,19 @@ def fmt(value, digits=3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def paper_backbone(model: str) -> str | None:
-    return PAPER_BACKBONE.get(model)
-
-
 def overlap_table(cfg, rows):
-    paper = PAPER_OVERLAP.get(paper_backbone(cfg["model"]), {})
     header = ["method", "tau", "measure", "value_mean", "value_std", "seeds", "chance", "paper"]
     csv_rows, md_rows = [], []
     for method in cfg["method"]:
         for tau in cfg["tau"]:
-            for measure in MEASURES:
+            for measure in common.OVERLAP_MEASURES:
                 picked = [r for r in rows if (r["method"], r["tau"], r["measure"]) == (method, tau, measure)]
                 stats = common.mean_std(r["value"] for r in picked)
                 chance = common.mean_std(r["chance"] for r in picked)[0]
-                ref = None
-                if method == "magnitude" and tau == 10.0:
-                    ref = PAPER_RETENTION_AUTHORS if measure == "retention_authors" else paper.get(measure)
+                ref = common.paper_overlap(cfg["model"], measure) if (method, tau) == ("magnitude", 10.0) else None
                 csv_rows.append([method, f"{tau:g}", measure, stats[0], stats[1], stats[2], chance, ref])
-                md_rows.append([method, f"{tau:g}", MEASURE_LABELS[measure], common.cell(common.Summary(*stats), 1, 3),
-                                fmt(chance), fmt(ref)])
+                md_rows.append([method, f"{tau:g}", common.OVERLAP_MEASURES[measure],
+                                common.cell(common.Summary(*stats), 1, 3), fmt(chance), fmt(ref)])
     md = common.markdown_table(["Method", "τ %", "Measure", "Ours (mean ± std over seeds)", "Chance", "Paper"],
                                md_rows)
     return header, csv_rows, md
@@ -340,7 +316,7 @@ def table4(cfg, rows, tasks):
     for method in cfg["method"]:
         for tau in cfg["tau"]:
             base = {g: group_summary(rows, tasks, method, tau, "shared", g, "base_accuracy") for g in GROUPS}
-            paper = [f"{PAPER_TABLE4['baseline'][i]:.2f}" for i in range(2)] if (method, tau) == ("magnitude", 10.0) \
+            paper = [f"{v:.2f}" for v in common.PAPER_TABLE4["baseline"]] if (method, tau) == ("magnitude", 10.0) \
                 else ["–", "–"]
             md_rows.append([method, f"{tau:g}", "baseline (not ablated)", "–",
                             common.cell(base["harmless"]), "", common.cell(base["helpful"]), "", *paper])
@@ -352,7 +328,8 @@ def table4(cfg, rows, tasks):
                 csv_rows.append([method, f"{tau:g}", p, neurons] + [v for g in GROUPS for v in (
                     own[g].mean, own[g].std, ctl[g].mean, ctl[g].std, own[g].low, own[g].high, ctl[g].low,
                     ctl[g].high)])
-                paper = [f"{v:+.2f}" for v in PAPER_TABLE4[p]] if (method, tau) == ("magnitude", 10.0) else ["–", "–"]
+                paper = [f"{v:+.2f}" for v in common.PAPER_TABLE4[p]] if (method, tau) == ("magnitude", 10.0) \
+                    else ["–", "–"]
                 md_rows.append([method, f"{tau:g}", p, f"{neurons:.0f}",
                                 *[common.cell(x, sign=True) for g in GROUPS for x in (own[g], ctl[g])], *paper])
     md = common.markdown_table(["Method", "τ %", "Ablated in the mixed RM", "Neurons", "Δ harmless", "Δ harmless, "
@@ -444,7 +421,6 @@ def plot_layers(cfg, layer_rows, path):
 
 def plot_tau(cfg, curve_rows, path):
     plt = common.pyplot()
-    paper = PAPER_OVERLAP.get(paper_backbone(cfg["model"]), {})
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, measure in zip(axes, ("HA_over_H", "jaccard_HA")):
         for method in cfg["method"]:
@@ -457,12 +433,13 @@ def plot_tau(cfg, curve_rows, path):
                                   label=method)
         chance = {r["tau"]: r["chance"] for r in curve_rows if r["measure"] == measure}
         ax.plot(sorted(chance), [chance[t] for t in sorted(chance)], "k--", label="chance")
-        if measure in paper:
-            ax.plot([10], [paper[measure]], "k*", markersize=10, label=f"paper ({paper_backbone(cfg['model'])})")
+        if common.paper_overlap(cfg["model"], measure) is not None:
+            ax.plot([10], [common.paper_overlap(cfg["model"], measure)], "k*", markersize=10,
+                    label=f"paper ({common.PAPER_BACKBONE[cfg['model']]})")
         ax.set_xlabel("τ (% of all neurons)")
-        ax.set_ylabel(MEASURE_LABELS[measure])
+        ax.set_ylabel(common.OVERLAP_MEASURES[measure])
         ax.set_ylim(0, 1.02)
-        ax.set_title(MEASURE_LABELS[measure])
+        ax.set_title(common.OVERLAP_MEASURES[measure])
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{cfg['model']}: helpful (H) vs harmless (A) top-τ neurons"
                  + (f" (± std over {len(cfg['seed'])} seeds)" if len(cfg["seed"]) > 1 else " (one seed)"))
@@ -520,7 +497,8 @@ def report_section(cfg, rows, tasks, seeds_shape, overlap_md, t4_md, per_task, n
         "### Overlaps\n",
         overlap_md,
         "Each overlap beside its chance level; the paper's values (τ = 10, magnitude"
-        + (f", {paper_backbone(cfg['model'])}" if paper_backbone(cfg["model"]) else ", other backbones than this one")
+        + (f", {common.PAPER_BACKBONE[cfg['model']]}" if cfg["model"] in common.PAPER_BACKBONE
+           else ", other backbones than this one")
         + ") are in the last column — SmolLM2-135M 0.826 / 0.703 / 0.830 / 0.741, GPT-2 small 0.583 / 0.412 / 0.493 / "
         "0.407, GPT-2 medium 0.562 / 0.391 / 0.472 / 0.428 for |H∩A|/|H|, J(H,A), J(M,H), J(M,A), the authors' "
         "retention 0.549; chance at τ = 10 is 0.10 for |H∩A|/|H| and ≈ 0.053 for a Jaccard index.\n",

@@ -1,6 +1,7 @@
 """run_all.sh's command line: presets, overrides, --force STEP and the message of a failing step. These run the
 script with the virtual environment the suite runs in (set up by `bash run_all.sh test`), so no setup happens."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,5 +41,30 @@ def test_a_failing_step_names_itself_its_log_and_the_command_to_rerun_it():
 def test_every_preset_sets_every_setting_the_pipeline_reads(preset):
     text = (REPO / "data" / "presets" / f"{preset}.env").read_text()
     keys = {line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
-    assert keys == {"MODEL", "SEEDS", "COMMON_ARGS", "DATA_ARGS", "TRAIN_ARGS", "BENCH_ARGS", "ABLATE_ARGS",
+    assert keys == {"MODELS", "SEEDS", "COMMON_ARGS", "DATA_ARGS", "TRAIN_ARGS", "BENCH_ARGS", "ABLATE_ARGS",
                     "NEURON_ARGS", "SHARED_ARGS", "CONFLICT_ARGS"}
+
+
+@needs_setup_venv
+def test_model_and_models_together_or_no_backbone_are_refused():
+    result = run_all("MODEL=tiny-gpt2", "MODELS=tiny-gpt2 tiny-llama")
+    assert result.returncode == 2 and "MODEL and MODELS are both set" in result.stderr
+    result = run_all("MODELS=")
+    assert result.returncode == 2 and "MODELS is empty" in result.stderr
+
+
+@needs_setup_venv
+def test_a_failing_backbone_is_named_at_the_end_after_the_next_one_ran_and_the_grid_lists_it(tmp_path):
+    checkout = tmp_path / "rm-tension"  # a copy: this run writes results/report.md and results/grid/
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "results", "build",
+                                                                  "*.egg-info", "__pycache__"))
+    result = subprocess.run(["bash", "run_all.sh", "MODELS=tiny-gpt2 tiny-llama", "SEEDS=3",
+                             "DATA_ARGS=--data-dir /nonexistent-folder"], cwd=checkout, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "RMT_VENV": str(VENV)})
+    assert result.returncode == 1
+    assert "== backbone 2/2: tiny-llama ==" in result.stdout  # the first one's failure did not stop the second
+    assert "step 'train' failed; its log is results/logs/tiny-llama/train.log" in result.stderr
+    assert "2 of 2 backbones failed: tiny-gpt2 tiny-llama" in result.stderr
+    index = (checkout / "results" / "report.md").read_text()
+    assert "6 RMs in this grid (2 backbones × 3 objectives × 1 seed): 0 analysed" in index
+    assert "tiny-llama mixed seed 3" in index

@@ -43,7 +43,7 @@ def test_disjoint_sets():
 def test_identical_sets():
     H = mask({0, 1, 2})
     o = shared.overlaps(H, H.clone(), H.clone())
-    assert o == {**{k: 1.0 for k in shared.MEASURES}, "shared_share": 0.3}
+    assert o == {**{k: 1.0 for k in common.OVERLAP_MEASURES}, "shared_share": 0.3}
     parts = common.partitions(H, H.clone())
     assert torch.equal(parts["shared"], H) and not parts["helpful-only"].any() and not parts["harmless-only"].any()
 
@@ -62,13 +62,13 @@ def test_one_set_inside_another():
 def test_chance_equals_full_enumeration():
     """Every triple of subsets of sizes 2, 3, 2 among 6 neurons, equally likely: the exact mean of each measure."""
     N, sizes = 6, (2, 3, 2)
-    totals, count = dict.fromkeys(shared.MEASURES, 0.0), 0
+    totals, count = dict.fromkeys(common.OVERLAP_MEASURES, 0.0), 0
     for h, a, m in itertools.product(*(itertools.combinations(range(N), s) for s in sizes)):
         for k, v in shared.overlaps(mask(h, (N,)), mask(a, (N,)), mask(m, (N,))).items():
             totals[k] += v
         count += 1
     chance = shared.chance_levels(N, *sizes)
-    for k in shared.MEASURES:
+    for k in common.OVERLAP_MEASURES:
         assert chance[k] == pytest.approx(totals[k] / count, abs=1e-12), k
 
 
@@ -155,7 +155,7 @@ def test_end_to_end_on_tiny_rms(tmp_path):
     # overlap.csv against plain Python sets from the .h5 scores
     rows = read_csv(out / "overlap.csv")
     assert list(rows[0]) == ["seed", "method", "tau", "measure", "value", "chance"]
-    assert len(rows) == 2 * len(shared.MEASURES)
+    assert len(rows) == 2 * len(common.OVERLAP_MEASURES)
     by_tau = {}
     for tau in (10, 50):
         (H, N), (A, _), (M, _) = (top_set(runs[o], tau) for o in common.OBJECTIVES)
