@@ -1797,6 +1797,7 @@ class Task:
     display: str
     section: str | None
     expected_count: int | None
+    section_weight: int | None  # RewardBench's fixed weight of the subset in its section (official EXAMPLE_COUNTS)
     paper_task: bool
     scorer: str
 
@@ -1813,22 +1814,25 @@ def load_tasks(path: str | os.PathLike = TASKS_FILE) -> dict[str, Task]:
     for subset, entry in raw.items():
         if subset == "_doc":
             continue
-        missing = [f for f in ("benchmark", "objective", "display", "section", "expected_count", "paper_task",
-                               "scorer") if f not in entry]
+        missing = [f for f in ("benchmark", "objective", "display", "section", "expected_count", "section_weight",
+                               "paper_task", "scorer") if f not in entry]
         if missing:
             raise RMTError(f"{path}: entry '{subset}' lacks {', '.join(missing)}")
         for name, allowed in TASK_FIELDS.items():
             if entry[name] not in allowed:
                 raise RMTError(f"{path}: entry '{subset}' has {name} {entry[name]!r}; allowed: "
                                f"{', '.join(map(str, allowed))}")
+        if (entry["section"] is None) != (entry["section_weight"] is None):
+            raise RMTError(f"{path}: entry '{subset}' needs a section_weight exactly when it has a section")
         tasks[subset] = Task(subset, entry["benchmark"], entry["objective"], entry["display"], entry["section"],
-                             entry["expected_count"], bool(entry["paper_task"]), entry["scorer"])
+                             entry["expected_count"], entry["section_weight"], bool(entry["paper_task"]),
+                             entry["scorer"])
     return tasks
 
 
 def task_for(subset: str, tasks: dict[str, Task]) -> Task:
     """The task of a subset; an unknown subset gets a task of its own that counts towards no group."""
-    return tasks.get(subset) or Task(subset, "local", None, subset, None, None, False, "paper")
+    return tasks.get(subset) or Task(subset, "local", None, subset, None, None, None, False, "paper")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Tables 1, 11, 12, 15): accuracy per task and objective group, behavioural retent
 Scores every trained RM of the backbone (each objective and seed under --runs-dir, or those named) on the items
 of every --bench, reusing the RM's score cache where it still fits; --max-length defaults to what the RMs'
 train.json records. Writes <results-dir>/<model>/behaviour/: accuracy, groups, retention, calibration and official
-tables (.csv + .md), fig2_accuracy.png, fig3_calibration.png, report_section.md and run.json; then
+tables (.csv + .md), each RM's per-item scores in RewardBench's and RM-Bench's own result formats (official/),
+fig2_accuracy.png, fig3_calibration.png, report_section.md and run.json; then
 <results-dir>/<model>/report.md. Every file's format: docs/artifacts.md; the definitions: docs/methods.md.
 """
 import dataclasses
@@ -68,6 +69,7 @@ def main(**cfg):
     write_tables(out, tables)
     fig2_accuracy(rows, subsets, objectives, tasks, out / "fig2_accuracy.png", cfg["objective"])
     fig3_calibration(tables["calibration"], subsets, tasks, out / "fig3_calibration.png")
+    write_official_files(out / "official", cfg, bench.items, scores, tasks)
     common.write_text(out / "report_section.md", report_section(cfg, runs, missing, bench, counts, tables))
     common.write_json(out / "run.json", {
         **common.run_record({**cfg, "device": str(device), "dtype": str(dtype)}),
@@ -78,6 +80,19 @@ def main(**cfg):
     })
     report = common.write_report(cfg["results_dir"], cfg["model"])
     click.echo(f"behaviour of {len(runs)} RMs on {len(subsets)} tasks → {out}; report: {report}")
+
+
+def write_official_files(folder: Path, cfg, items, scores, tasks):
+    """official/<objective>-seed<k>-<tool>.json for every RM; files of an earlier run that this one did not make
+    are removed, so none looks current."""
+    made = set()
+    for (objective, seed), values in scores.items():
+        for name, content in official_files(cfg, items, values, tasks).items():
+            made.add(f"{objective}-seed{seed}-{name}")
+            common.write_json(folder / f"{objective}-seed{seed}-{name}", content)
+    for stale in folder.glob("*.json") if folder.is_dir() else ():
+        if stale.name not in made:
+            stale.unlink()
 
 
 def write_tables(out: Path, tables: dict):
@@ -279,31 +294,86 @@ def rm_bench_accuracy(scores) -> dict[str, float]:
             "hard": sum(m[i][j] for i in range(n) for j in range(i + 1, n)) / off}
 
 
-def rewardbench_sections(accuracy: dict[str, float], counts: dict[str, int], tasks) -> dict[str, float]:
-    """RewardBench section scores: accuracies of the section's subsets weighted by their item counts."""
-    sections: dict[str, list[tuple[float, int]]] = {}
+REWARDBENCH_SECTIONS = ("Chat", "Chat Hard", "Safety", "Reasoning")
+# Reasoning is math-prm (weight 984) with the six hep-* code subsets (164 each) in the official code; the paper
+# excludes the code subsets, so this section is math-prm alone here, and labelled so.
+REASONING_VARIANT = "Reasoning (math-prm only: hep-* excluded)"
+
+
+def rewardbench_sections(accuracy: dict[str, float], tasks) -> dict[str, float]:
+    """RewardBench's section scores as its own code computes them (rewardbench/utils.py
+    calculate_scores_per_section with rewardbench/constants.py EXAMPLE_COUNTS): the accuracies of the section's
+    scored subsets weighted by the official FIXED example counts (data/tasks.json section_weight), however many
+    items were scored. A section with no scored subset is NaN here (absent; the official code writes 0)."""
+    weighted = {name: [] for name in REWARDBENCH_SECTIONS}
     for subset, value in accuracy.items():
-        section = common.task_for(subset, tasks).section
-        if section is not None:
-            sections.setdefault(section, []).append((value, counts[subset]))
-    return {name: sum(v * n for v, n in parts) / sum(n for _, n in parts) for name, parts in sections.items()}
+        task = common.task_for(subset, tasks)
+        if task.section is not None:
+            weighted[task.section].append((value, task.section_weight))
+    return {REASONING_VARIANT if name == "Reasoning" else name:
+            sum(v * w for v, w in parts) / sum(w for _, w in parts) if parts else math.nan
+            for name, parts in weighted.items()}
+
+
+RM_BENCH_DOMAINS = ("chat", "math", "code", "safety")
+
+
+def rm_bench_domain(subset: str, tasks) -> str | None:
+    """RM-Bench's domain of a subset, matched by prefix as its code does (safety-refuse and safety-response are
+    both "safety"); None outside RM-Bench."""
+    if common.task_for(subset, tasks).benchmark != "rm-bench":
+        return None
+    name = subset.removeprefix("rm-bench-")
+    return next((d for d in RM_BENCH_DOMAINS if name.startswith(d)), name)
 
 
 def official_scores(by_subset, tasks) -> list[tuple[str, str, float]]:
-    """(scorer, name, value) rows: RewardBench sections, RewardBench 2 best-of-4 per subset, RM-Bench
-    easy / normal / hard per subset, for whichever of those subsets were evaluated."""
+    """(scorer, name, value) rows: RewardBench sections (all four as soon as one RewardBench subset was scored),
+    RewardBench 2 best-of-4 per subset, RM-Bench easy / normal / hard per subset, and RM-Bench's own scores
+    (THU-KEG/RM-Bench scripts/utils.py compute_accuracy): per domain the mean of easy, normal and hard over the
+    domain's items pooled, and their mean over the domains scored."""
     rows = []
-    sections = rewardbench_sections({s: common.paper_accuracy(v) for s, v in by_subset.items()},
-                                    {s: len(v) for s, v in by_subset.items()}, tasks)
-    rows += [("rewardbench-section", name, sections[name]) for name in common.TASK_FIELDS["section"]
-             if name in sections]
+    if any(common.task_for(s, tasks).section for s in by_subset):
+        sections = rewardbench_sections({s: common.paper_accuracy(v) for s, v in by_subset.items()}, tasks)
+        rows += [("rewardbench-section", name, value) for name, value in sections.items()]
+    domains: dict[str, list] = {}
     for subset, scores in by_subset.items():
         scorer = common.task_for(subset, tasks).scorer
         if scorer == "rb2-best-of-4":
             rows.append((scorer, subset, rb2_best_of_4(scores)))
         elif scorer == "rm-bench-3x3":
             rows += [(scorer, f"{subset} {level}", value) for level, value in rm_bench_accuracy(scores).items()]
+            if rm_bench_domain(subset, tasks):
+                domains.setdefault(rm_bench_domain(subset, tasks), []).extend(scores)
+    own = {domain: statistics.fmean(rm_bench_accuracy(scores).values()) for domain, scores in domains.items()}
+    rows += [("rm-bench-domain", f"{domain} (mean of easy, normal, hard)", value) for domain, value in own.items()]
+    if own:
+        absent = [d for d in RM_BENCH_DOMAINS if d not in own]
+        rows.append(("rm-bench-domain", f"average over {', '.join(own)}" + (f" ({', '.join(absent)} not scored)"
+                                                                            if absent else ""),
+                     statistics.fmean(own.values())))
     return rows
+
+
+def official_files(cfg, items, scores, tasks) -> dict[str, object]:
+    """One RM's per-item scores in the official tools' result formats, {file name: content}: RewardBench's
+    eval-set-scores record (columns id, subset, results, scores_chosen, scores_rejected; results = chosen >
+    rejected) for its subsets, and the list of {id, domain, score_chosen, score_rejected} that RM-Bench's
+    compute_accuracy reads (domain: the subset without its rm-bench- prefix, matched by prefix there)."""
+    files = {}
+    reward_bench = [(item, s) for item, s in zip(items, scores) if common.task_for(item.subset, tasks).section]
+    if reward_bench:
+        files["rewardbench.json"] = {
+            "model": cfg["model"], "model_type": "Seq. Classifier", "chat_template": None,
+            "id": [item.id for item, _ in reward_bench], "subset": [item.subset for item, _ in reward_bench],
+            "results": [int(s.correct) for _, s in reward_bench],
+            "scores_chosen": [s.chosen[0] for _, s in reward_bench],
+            "scores_rejected": [s.rejected[0] for _, s in reward_bench]}
+    rm_bench = [{"id": item.id, "domain": item.subset.removeprefix("rm-bench-"), "score_chosen": s.chosen,
+                 "score_rejected": s.rejected} for item, s in zip(items, scores) if rm_bench_domain(item.subset, tasks)]
+    if rm_bench:
+        files["rm-bench.json"] = rm_bench
+    return files
 
 
 def official_table(per, objectives, tasks):
@@ -320,7 +390,9 @@ def official_table(per, objectives, tasks):
     header = ["scorer", "name"] + [f"{o}_{k}" for o in objectives for k in ("mean", "std", "seeds")]
     rows = [[scorer, name] + [v for o in objectives for v in stats.get((scorer, name, o), empty)]
             for scorer, name in names]
-    md_rows = [[scorer, name] + [common.cell(common.Summary(*stats.get((scorer, name, o), empty))) for o in objectives]
+    md_rows = [[scorer, name] + [common.cell(common.Summary(*stats.get((scorer, name, o), empty)))
+                                 if stats.get((scorer, name, o), empty)[2] or scorer != "rewardbench-section"
+                                 else "absent (official code: 0)" for o in objectives]
                for scorer, name in names]
     return {"header": header, "rows": rows, "md_rows": md_rows,
             "md_header": ["Scorer", "Score"] + [o.title() for o in objectives]}
@@ -445,8 +517,14 @@ def report_section(cfg, runs, missing, bench, counts, tables) -> str:
         lines += ["![Fig. 3](behaviour/fig3_calibration.png)\n",
                   common.markdown_table(tables["calibration"]["md_header"], tables["calibration"]["md_rows"])]
     if tables["official"] is not None:
-        lines += ["### Official scorers (%)\n", "RewardBench sections (item-count weighted), RewardBench 2 best-of-4 "
-                  "(1/k credit on ties), RM-Bench easy / normal / hard (the paper's RM-Bench number is normal).\n",
+        lines += ["### Official scorers (%)\n", "As the benchmarks' own code computes them from our per-item scores: "
+                  "RewardBench sections (subset accuracies weighted by the official fixed example counts, whatever "
+                  "was scored; a section with no scored subset is absent, which the official code prints as 0; "
+                  "Reasoning is math-prm alone, the paper excluding the code subsets), RewardBench 2 best-of-4 (1/k "
+                  "credit on ties), RM-Bench easy / normal / hard per subset (the paper's RM-Bench number is "
+                  "normal) and RM-Bench's own score per domain (the mean of easy, normal and hard, safety-refuse "
+                  "and safety-response pooled as its code does) with their average. Per-item scores in the "
+                  "official tools' formats: `behaviour/official/`.\n",
                   common.markdown_table(tables["official"]["md_header"], tables["official"]["md_rows"])]
     return "\n".join(lines)
 

@@ -147,7 +147,10 @@ def test_tasks_entries_are_well_formed(tasks):
     scorers = {"rewardbench": "paper", "rewardbench2": "rb2-best-of-4", "rm-bench": "rm-bench-3x3"}
     for name, entry in tasks.items():
         assert list(entry) == ["benchmark", "objective", "display", "section", "expected_count",
-                               "paper_task", "scorer"], name
+                               "section_weight", "paper_task", "scorer"], name
+        # RewardBench's official EXAMPLE_COUNTS: the published sizes, except math-prm upweighted to the code subsets
+        assert entry["section_weight"] == (None if entry["section"] is None
+                                           else 984 if name == "math-prm" else entry["expected_count"]), name
         assert entry["benchmark"] in {"rewardbench", "rewardbench2", "rm-bench", "local", "demo", "hh-rlhf"}
         assert entry["objective"] in {"helpful", "harmless"}
         assert isinstance(entry["display"], str) and entry["display"]
