@@ -1679,15 +1679,16 @@ def stale_neuron_files(cfg: dict, folder: Path, methods: Sequence[str], wanted: 
 
 def compute_neuron_files(cfg: dict, rm: Path, objective: str, seed: int, methods: Sequence[str], folder: Path,
                          pairs: Callable[[], dict[str, list[Pair]]], device: torch.device, dtype: torch.dtype,
-                         keys: Sequence[str] | None = None) -> dict:
-    """Score one RM (`rm`, of `objective` and `seed`) over its own training pairs (`pairs()` as training_pairs gives
-    them, subsampled by scoring_pairs; called only when they are needed) and write `<folder>/<method>.h5` for every
-    method whose file is missing or stale: compared on every setting (keys None: neurons.py) or only on `keys`
-    (NEURON_IDENTITY: the steps that read the files). Returns a line for run.json."""
+                         keys: Sequence[str] | None = None, tag: str | None = None) -> dict:
+    """Score one RM (`rm`, of `seed`) over the training pairs of `objective` — its own, or another's for shared.py
+    --within (`pairs()` as training_pairs gives them, subsampled by scoring_pairs; called only when they are
+    needed) — and write `<folder>/<method>.h5` for every method whose file is missing or stale: compared on every
+    setting (keys None: neurons.py) or only on `keys` (NEURON_IDENTITY: the steps that read the files). `tag` names
+    the RM in messages. Returns a line for run.json."""
     import rmt_kernels
     from transformers import AutoConfig
 
-    tag = f"[{objective} seed {seed}]"
+    tag = tag or f"[{objective} seed {seed}]"
     # what identifies a file needs no pairs: the steps that only read the files load none while theirs are current
     todo = None if keys is None else stale_neuron_files(cfg, folder, methods, neuron_identity(cfg, rm), keys, tag)
     if todo == []:
@@ -2222,11 +2223,12 @@ REPORT_STEPS = ("train", "behaviour", "neurons", "ablate", "shared", "conflict")
 
 
 def write_report(results_dir: str | os.PathLike, model: str) -> Path:
-    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order; then the index
-    results/report.md."""
+    """results/<model>/report.md: every step's report_section.md that exists, in pipeline order, each followed by
+    its analyses of one RM (shared.py --within: <step>/within-<objective>/); then the index results/report.md."""
     root = Path(results_dir) / model_slug(model)
-    sections = [read_text(root / step / "report_section.md").strip()
-                for step in REPORT_STEPS if (root / step / "report_section.md").exists()]
+    paths = [path for step in REPORT_STEPS
+             for path in (root / step / "report_section.md", *sorted(root.glob(f"{step}/within-*/report_section.md")))]
+    sections = [read_text(path).strip() for path in paths if path.exists()]
     report = root / "report.md"
     write_text(report, f"# rm-tension report: {model}\n\n" + "\n\n".join(sections) + "\n")
     write_index(results_dir)

@@ -7,9 +7,10 @@ Table 4, Tables 17–19).
     python experiments/shared.py --model smollm2-135m-instruct-q4 --data-dir ../shared/data/hh-rlhf \\
         --train-split test --eval-fraction 0.2 --max-pairs 600 --bench ../shared/data/xstest/converted --max-items 50
     python experiments/shared.py --model gpt2-medium --seed 0 --seed 1 --seed 2
+    python experiments/shared.py --model tiny-gpt2 --within mixed --data-dir data/demo/hh-rlhf --max-length 256
 
-Needs the helpful, harmless and mixed RMs of every --seed (a missing one is named with its train.py command), so
-it has no --objective. Per seed, H, A and M are the top-τ % neurons (exact count, global
+Needs the helpful, harmless and mixed RMs of every --seed (a missing one is named with its train.py command; with
+--within, that one RM), so it has no --objective. Per seed, H, A and M are the top-τ % neurons (exact count, global
 over layers) of the helpful, harmless and mixed RMs by --method (runs/.../neurons/<method>.h5; made with
 neurons.py's pass when missing).
 
@@ -30,6 +31,13 @@ Ablated scores are cached per set in <run of the mixed RM>/shared/[<site>/]<abla
 (--force rescores them); plain scores beside the RM (shared with behaviour.py and ablate.py); the data options
 default to what the RMs' train.json records. The partitions' Δs also go to <run of the mixed RM>/shared/[<site>/]
 <ablation>-partitions.json with the neuron sets they came from: conflict.py's input.
+
+--within OBJECTIVE asks the same question inside ONE RM (beyond the paper): H and A are that RM's top-τ neurons
+scored on the helpful and on the harmless training pairs (neurons/[<site>/]on-<objective>/, made here when
+missing), M on its own pairs, and the partitions and their controls are ablated in that RM (cached under
+within-<partition>); it writes <results-dir>/<model>/shared/[<site>/]within-<objective>/: within.csv/.md (the
+overlaps beside chance, each partition's Δ beside its control), partitions.csv, fig_within.png, report_section.md
+and run.json.
 
 Writes <results-dir>/<model>/shared/ (shared/<site>/ for a site other than act): overlap (beside chance and the
 paper), overlap_tau and its figure, layers_shared and its figure, partitions.csv, Table 4 (Δ per objective group
@@ -67,24 +75,31 @@ TAU_CURVE = tuple(float(t) for t in range(1, 31))
 @common.step()
 @common.backbone_options
 @common.ablation_step_options(methods=("magnitude",))
+@click.option("--within", type=click.Choice(common.OBJECTIVES), default=None,
+              help="The tension inside ONE RM (beyond the paper): H and A are this RM's top-τ neurons scored on the "
+                   "helpful and on the harmless training pairs, M on its own pairs, and the partitions are ablated "
+                   "in it. Writes shared/within-<objective>/.")
 @click.option("--force", is_flag=True, help="Rescore the partition ablations even where cached scores exist.")
 def main(**cfg):
-    cfg, runs, _, device, dtype = common.start_analysis(cfg, common.OBJECTIVES)
+    cfg, runs, _, device, dtype = common.start_analysis(cfg, (cfg["within"],) if cfg["within"] else common.OBJECTIVES)
     out = common.step_dir(cfg["results_dir"], cfg["model"], "shared", cfg["site"])
+    if cfg["within"]:
+        out = out / f"within-{cfg['within']}"
 
     # load
     tasks, bench = common.load_bench(cfg)
-    items = common.cap_items(common.held_out_items("mixed", cfg), cfg["max_items"]) + bench.items
+    ablated_rm = cfg["within"] or "mixed"
+    items = common.cap_items(common.held_out_items(ablated_rm, cfg), cfg["max_items"]) + bench.items
     pairs = functools.cache(lambda: common.training_pairs(cfg, common.OBJECTIVES))  # only for missing files
     scored = [common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"],
-                                          common.neuron_dir(run, cfg["site"]), pairs, device, dtype,
-                                          keys=common.NEURON_IDENTITY) for (objective, seed), run in runs.items()]
+                                          folder, pairs, device, dtype, keys=common.NEURON_IDENTITY, tag=tag)
+              for seed in cfg["seed"] for tag, run, objective, folder in neuron_sources(cfg, runs, seed).values()]
 
     # run
     results = {seed: run_seed(cfg, seed, runs, items, tasks, device, dtype) for seed in cfg["seed"]}
 
     # analyse and save
-    write_results(cfg, results, tasks, out)
+    (write_within if cfg["within"] else write_results)(cfg, results, tasks, out)
     notes = [note for result in results.values() for note in result["notes"]]
     common.write_json(out / "run.json", {
         **common.run_record({**cfg, "device": str(device), "dtype": str(dtype), "backend": rk.backend(device)}),
@@ -178,27 +193,50 @@ def selectable(taus, n: int) -> list[float]:
     return [t for t in taus if math.floor(t / 100 * n + 0.5) >= 1]
 
 
+def neuron_sources(cfg, runs, seed) -> dict[str, tuple[str, Path, str, Path]]:
+    """Where a seed's H, A and M come from, {"helpful" | "harmless" | "mixed" (the role): (tag, RM run, the
+    objective whose training pairs score it, neuron folder)}: the paper's are the helpful, harmless and mixed RMs,
+    each on its own pairs; --within X has RM X on the helpful pairs, on the harmless pairs and on its own pairs
+    (the first two in neurons/[<site>/]on-<objective>/ unless they are its own)."""
+    if not cfg["within"]:
+        return {o: (f"[{o} seed {seed}]", runs[o, seed], o, common.neuron_dir(runs[o, seed], cfg["site"]))
+                for o in common.OBJECTIVES}
+    rm_type = cfg["within"]
+    run, own = runs[rm_type, seed], common.neuron_dir(runs[rm_type, seed], cfg["site"])
+    pairs_of = {"helpful": "helpful", "harmless": "harmless", "mixed": rm_type}
+    return {role: (f"[{rm_type} seed {seed}, on {o} pairs]", run, o, own if o == rm_type else own / f"on-{o}")
+            for role, o in pairs_of.items()}
+
+
+def this_command(cfg) -> str:
+    """shared.py --within as it was run: it remakes a damaged or stale neuron file of its own."""
+    return " ".join(["python experiments/shared.py", f"--model {cfg['model']}", f"--within {cfg['within']}",
+                     *[f"--seed {s}" for s in cfg["seed"]], f"--site {cfg['site']}", f"--runs-dir {cfg['runs_dir']}"])
+
+
 def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
     """One seed: the H, A, M sets of each method and τ, their overlaps (cheap, scores only), then every partition
-    and its control ablated in the mixed RM (each cached on its own)."""
-    run = runs["mixed", seed]
+    and its control ablated in the mixed RM, or the --within RM (each cached on its own)."""
+    rm_type = cfg["within"] or "mixed"
+    run = runs[rm_type, seed]
     model, tokenizer = common.load_reward_model(run / "rm", device)
     if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
         click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
     tokenizer = common.MemoTokenizer(tokenizer)  # every set scores the same texts: tokenise them once
-    files = {(o, m): common.read_neurons(common.neuron_dir(runs[o, seed], cfg["site"]) / f"{m}.h5",
-                                         common.neurons_command(cfg, o, seed, [m]), common.mlp_shape(model))
-             for o in common.OBJECTIVES for m in cfg["method"]}
+    files = {(role, m): common.read_neurons(folder / f"{m}.h5", this_command(cfg) if cfg["within"]
+                                            else common.neurons_command(cfg, role, seed, [m]), common.mlp_shape(model))
+             for role, (_, _, _, folder) in neuron_sources(cfg, runs, seed).items() for m in cfg["method"]}
     overlap_rows, curve_rows, layer_rows, sets, set_hashes = neuron_sets(cfg, seed, files)
 
     started = time.perf_counter()
     base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, run,
-                              desc=f"mixed seed {seed} plain")
+                              desc=f"{rm_type} seed {seed} plain")
     timing = {"items": len(items), "plain_seconds": round(time.perf_counter() - started, 2), "sets": {}}
     partition_rows, notes = [], []
     for (method, tau, name), mask in sets.items():
         size = int(mask.sum())
-        label = f"{cfg['ablation']}-{name}-{method}-tau{tau:g}"
+        # within one RM the sets differ from the paper's, so they are cached apart
+        label = f"{cfg['ablation']}-{'within-' * bool(cfg['within'])}{name}-{method}-tau{tau:g}"
         if size == 0:
             scores = base
             notes.append(f"seed {seed}: {name} ({method}, τ = {tau:g}) is empty: not scored, its rows repeat the "
@@ -208,14 +246,15 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
             started = time.perf_counter()
             scores = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype,
                                         common.intervention_dir(run, "shared", cfg["site"], label),
-                                        ablated=(cfg["ablation"], mask, values), desc=f"mixed seed {seed} {label}",
+                                        ablated=(cfg["ablation"], mask, values), desc=f"{rm_type} seed {seed} {label}",
                                         force=cfg["force"])
             timing["sets"][label] = {"neurons": size, "seconds": round(time.perf_counter() - started, 2)}
         partition_rows += [{"seed": seed, "method": method, "tau": tau, "partition": name, "neurons": size, **row}
                            for row in common.accuracy_rows(items, scores, tasks, base=base)]
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    save_partitions(cfg, run, model, items, dtype, partition_rows, set_hashes)
+    if not cfg["within"]:  # conflict.py's input is the paper's partitions
+        save_partitions(cfg, run, model, items, dtype, partition_rows, set_hashes)
     return {"overlap": overlap_rows, "curve": curve_rows, "layers": layer_rows, "partitions": partition_rows,
             "notes": notes, "timing": timing, "shape": tuple(files["mixed", cfg["method"][0]].score.shape)}
 
@@ -481,6 +520,99 @@ def write_results(cfg, results, tasks, out: Path):
     notes = [note for result in results.values() for note in result["notes"]]
     common.write_text(out / "report_section.md", report_section(cfg, rows, tasks, seeds_shape, overlap_md, t4_md,
                                                                 per_task, notes))
+
+
+# ---------------------------------------------------------------------------------------------
+# --within: the tension inside one RM, in one table, one figure and one report section
+# ---------------------------------------------------------------------------------------------
+WITHIN_COLUMNS = ("section", "name", "group", "mean", "std", "seeds", "ci_low", "ci_high", "reference",
+                  "reference_ci_low", "reference_ci_high")
+WITHIN_MEASURES = ("HA_over_H", "HA_over_A", "jaccard_HA", "jaccard_MH", "jaccard_MA", "shared_share")
+
+
+def write_within(cfg, results, tasks, out: Path):
+    """within.csv/.md: the overlaps of H and A inside the RM beside their exact chance levels (mean ± std over
+    seeds), then its baseline and each partition's Δ beside its size-matched control, with the paired intervals;
+    fig_within.png; partitions.csv (every per-task row); report_section.md."""
+    overlap = [r for result in results.values() for r in result["overlap"]]
+    rows = [r for result in results.values() for r in result["partitions"]]
+    method, tau = common.headline(cfg)
+    table, md_rows = [], []
+    for measure in WITHIN_MEASURES:
+        picked = [r for r in overlap if (r["method"], r["tau"], r["measure"]) == (method, tau, measure)]
+        value = common.Summary(*common.mean_std(r["value"] for r in picked))
+        chance = common.mean_std(r["chance"] for r in picked)[0]
+        table.append(["overlap", measure, "", value.mean, value.std, value.seeds, math.nan, math.nan, chance,
+                      math.nan, math.nan])
+        md_rows.append([common.OVERLAP_MEASURES[measure], "", common.cell(value, 1.0, 3), f"chance {fmt(chance)}"])
+    for group in GROUPS:
+        base = group_summary(rows, tasks, method, tau, "shared", group, "base_accuracy")
+        table.append(["baseline", "not ablated", group, base.mean, base.std, base.seeds, math.nan, math.nan, math.nan,
+                      math.nan, math.nan])
+        md_rows.append(["accuracy, not ablated (%)", f"{group} tasks", common.cell(base), ""])
+    for partition in PARTITIONS:
+        for group in GROUPS:
+            own, control = (group_summary(rows, tasks, method, tau, name, group, interval="delta")
+                            for name in (partition, f"random-{partition}"))
+            table.append(["ablation", partition, group, own.mean, own.std, own.seeds, own.low, own.high, control.mean,
+                          control.low, control.high])
+            md_rows.append([f"Δ ablating {partition} (pp)", f"{group} tasks", common.cell(own, sign=True),
+                            f"control {common.cell(control, sign=True)}"])
+    common.write_table(out / "within", WITHIN_COLUMNS, table, common.markdown_table(
+        ["Measure", "Tasks", "This RM (mean ± std over seeds [interval])", "Chance / size-matched control"],
+        md_rows))
+    common.write_csv(out / "partitions.csv", PARTITION_COLUMNS,
+                     [[f"{r[c]:g}" if c == "tau" else r[c] for c in PARTITION_COLUMNS] for r in rows])
+    plot_within(cfg, table, method, tau, out / "fig_within.png")
+    folder = f"{common.step_folder('shared', cfg['site'])}/within-{cfg['within']}"
+    notes = [note for result in results.values() for note in result["notes"]]
+    common.write_text(out / "report_section.md", "\n".join([
+        f"## The tension inside the {cfg['within']} RM (beyond the paper's §5)\n",
+        f"The paper's question asked of ONE RM: H and A are its top-τ % neurons ({method}, τ = {tau:g}, site "
+        f"`{cfg['site']}`) scored on the helpful and on the harmless training pairs, M on its own pairs; seeds "
+        f"{', '.join(map(str, cfg['seed']))}. Chance = the exact expectation for independent uniform random sets of "
+        f"the same sizes. The partitions H \\ A, A \\ H and H ∩ A are {cfg['ablation']}-ablated in this RM beside "
+        f"size-matched random sets; Δ in percentage points (per seed the mean over the group's benchmark tasks), "
+        f"[low, high] the paired interval ({common.BOOTSTRAP_NOTE}). Table: `{folder}/within.md`.\n",
+        common.markdown_table(["Measure", "Tasks", "This RM (mean ± std over seeds [interval])",
+                               "Chance / size-matched control"], md_rows),
+        f"![inside one RM]({folder}/fig_within.png)\n",
+        verdict(cfg, rows, tasks) + "\n",
+        *(["Notes: " + "; ".join(notes) + ".\n"] if notes else [])]))
+
+
+def plot_within(cfg, table, method, tau, path):
+    """Left: each overlap of H and A inside the RM against its chance level. Right: each partition's Δ per task
+    group against its size-matched control, with the paired intervals."""
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, 1 + len(GROUPS), figsize=(4.2 * (1 + len(GROUPS)), 3.8))
+    overlaps = [row for row in table if row[0] == "overlap"]
+    positions = numpy.arange(len(overlaps))
+    common.plot_estimates(axes[0], positions - 0.2, [row[3] for row in overlaps], style="bars", width=0.4,
+                          color="tab:olive", label="this RM")
+    common.plot_estimates(axes[0], positions + 0.2, [row[8] for row in overlaps], style="bars", width=0.4,
+                          color="tab:gray", label="chance")
+    axes[0].set_xticks(positions, [common.OVERLAP_MEASURES[row[1]] for row in overlaps], rotation=30, ha="right",
+                       fontsize="small")
+    axes[0].set_title("H vs A inside the RM")
+    axes[0].legend(fontsize="small")
+    for ax, group in zip(axes[1:], GROUPS):
+        mine = [row for row in table if row[0] == "ablation" and row[2] == group]
+        positions = numpy.arange(len(mine))
+        own = numpy.array([row[3] for row in mine]) * 100
+        control = numpy.array([row[8] for row in mine]) * 100
+        common.plot_estimates(ax, positions - 0.2, own, [100 * row[6] for row in mine], [100 * row[7] for row in mine],
+                              style="bars", width=0.4, color="tab:olive", label="partition")
+        common.plot_estimates(ax, positions + 0.2, control, [100 * row[9] for row in mine],
+                              [100 * row[10] for row in mine], style="bars", width=0.4, color="tab:gray",
+                              label="size-matched control")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xticks(positions, [row[1] for row in mine])
+        ax.set_title(f"Δ accuracy on {group} tasks (pp)")
+    axes[-1].legend(fontsize="small")
+    fig.suptitle(f"{cfg['model']}: the tension inside the {cfg['within']} RM ({method}, τ = {tau:g}, "
+                 f"{len(cfg['seed'])} seed(s))", fontsize="medium")
+    common.save_figure(fig, path)
 
 
 def report_section(cfg, rows, tasks, seeds_shape, overlap_md, t4_md, per_task, notes) -> str:

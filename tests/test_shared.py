@@ -5,6 +5,7 @@ import csv
 import itertools
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -131,9 +132,9 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def top_set(run, tau):
-    """The top-τ % neurons of an RM's magnitude.h5 as flat indices, by a plain sort."""
-    with h5py.File(run / "neurons" / "magnitude.h5", "r") as f:
+def top_set(run, tau, folder="neurons"):
+    """The top-τ % neurons of an RM's magnitude.h5 (in <run>/<folder>) as flat indices, by a plain sort."""
+    with h5py.File(run / folder / "magnitude.h5", "r") as f:
         score = torch.from_numpy(f["score"][()]).flatten()
     k = math.floor(tau / 100 * score.numel() + 0.5)
     return set(score.argsort(descending=True, stable=True)[:k].tolist()), score.numel()
@@ -221,3 +222,36 @@ def test_shared_has_no_objective_option(tmp_path):
     """It always compares all three RM types, so an --objective would be an option parsed but unused."""
     result = invoke(tmp_path, "--objective", "helpful")
     assert result.exit_code == 2 and "No such option" in result.output
+
+
+def test_within_one_rm_takes_h_and_a_from_its_own_neurons_on_each_objectives_pairs(tmp_path):
+    """--within mixed with the mixed RM alone: H and A are its top-τ neurons scored on the helpful and on the
+    harmless pairs (written under neurons/on-<objective>/), the overlaps equal plain set algebra on those files,
+    the partitions are ablated in that RM and cached apart from the paper's, and its report section is in
+    report.md."""
+    save_rms(tmp_path / "runs", ("mixed",))
+    result = invoke(tmp_path, "--within", "mixed", "--tau", "50")
+    assert result.exit_code == 0, result.output
+    assert "[mixed seed 0, on helpful pairs]" in result.output
+    mixed = common.rm_dir(tmp_path / "runs", "tiny-gpt2", "mixed", 0)
+    H, N = top_set(mixed, 50, "neurons/on-helpful")
+    A, _ = top_set(mixed, 50, "neurons/on-harmless")
+    M, _ = top_set(mixed, 50)
+    assert H != A and H & A  # the same RM, other pairs: other (overlapping) sets
+    out = tmp_path / "results" / "tiny-gpt2" / "shared" / "within-mixed"
+    table = {(r["section"], r["name"], r["group"]): r for r in read_csv(out / "within.csv")}
+    assert float(table["overlap", "jaccard_HA", ""]["mean"]) == pytest.approx(len(H & A) / len(H | A))
+    assert float(table["overlap", "jaccard_MH", ""]["mean"]) == pytest.approx(len(M & H) / len(M | H))
+    assert float(table["overlap", "HA_over_H", ""]["reference"]) == \
+        pytest.approx(shared.chance_levels(N, len(H), len(A), len(M))["HA_over_H"])
+    rows = read_csv(out / "partitions.csv")
+    assert {int(r["neurons"]) for r in rows if r["partition"] == "shared"} == {len(H & A)}
+    ablation = table["ablation", "shared", "harmless"]
+    shared_rows = [r for r in rows if r["partition"] == "shared" and r["group"] == "harmless"
+                   and not r["task"].startswith("hh-")]
+    assert float(ablation["mean"]) == pytest.approx(statistics.fmean(float(r["delta"]) for r in shared_rows))
+    assert (mixed / "shared" / "zero-within-shared-magnitude-tau50").is_dir()
+    assert not (mixed / "shared" / "zero-partitions.json").exists()  # conflict.py's input is the paper's
+    assert (out / "fig_within.png").stat().st_size > 0
+    report = (tmp_path / "results" / "tiny-gpt2" / "report.md").read_text()
+    assert "## The tension inside the mixed RM" in report
