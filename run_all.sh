@@ -139,6 +139,7 @@ if command -v flock >/dev/null 2>&1; then
   fi
 fi
 STEPS=(train behaviour neurons ablate shared conflict)
+AFTER=done  # what follows a backbone's last step: the next backbone or the grid in a run of several
 started=$(date +%s)
 
 run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output also in $LOGS/<step>.log (INDEX "": grid)
@@ -147,7 +148,7 @@ run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output al
   local command=("$@")
   if [[ " ${FORCE[*]} " == *" $name "* ]]; then command+=(--force); fi
   local next=done
-  if [ -n "$index" ]; then next=${STEPS[$index]:-done}; fi
+  if [ -n "$index" ]; then next=${STEPS[$index]:-$AFTER}; fi
   echo "== ${index:+$index/${#STEPS[@]} }$name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $LOGS/$name.log"
   if ! "${command[@]}" 2>&1 | tee "$LOGS/$name.log"; then
     echo "rm-tension: step '$name' failed; its log is $LOGS/$name.log. Rerun it alone with:" >&2
@@ -195,6 +196,7 @@ echo "== preset $PRESET: ${#BACKBONES[@]} backbones (${BACKBONES[*]}), seeds $SE
 failed=()
 for index in "${!BACKBONES[@]}"; do
   MODEL=${BACKBONES[$index]}
+  AFTER=${BACKBONES[$(( index + 1 ))]:-grid}
   echo "== backbone $(( index + 1 ))/${#BACKBONES[@]}: $MODEL =="
   backbone || failed+=("$MODEL")
 done
