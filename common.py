@@ -481,6 +481,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
     "gpt_neox": Arch("layers", "mlp.act", "mlp.dense_4h_to_h", lambda c: c.intermediate_size,
                      lambda c: c.max_position_embeddings, gated=False),
 }

@@ -109,7 +109,8 @@ def main(**cfg):
 # nn.Linear [d_model, d_mlp] → 1))
 _GATED_PARAMETERS = (("mlp.gate_proj", "mlp.up_proj"), 0, 1)
 NEURON_PARAMETERS = {"gpt2": (("mlp.c_fc",), 1, 0), "llama": _GATED_PARAMETERS, "qwen2": _GATED_PARAMETERS,
-                     "mistral": _GATED_PARAMETERS, "gpt_neox": (("mlp.dense_h_to_4h",), 0, 1)}
+                     "mistral": _GATED_PARAMETERS, "gemma2": _GATED_PARAMETERS,
+                     "gpt_neox": (("mlp.dense_h_to_4h",), 0, 1)}
 
 
 def neuron_parameters(model) -> list[list[tuple[torch.nn.Parameter, int]]]:
