@@ -205,9 +205,11 @@ LOGS=results/logs
 # shellcheck disable=SC2086
 run_step "" grid "$PY" experiments/grid.py $MODEL_ARGS $SEED_ARGS || exit 1
 if [ "${#failed[@]}" -gt 0 ]; then
+  others="the others are complete"
+  if [ "${#failed[@]}" -eq "${#BACKBONES[@]}" ]; then others="none is complete"; fi
   echo "rm-tension: ${#failed[@]} of ${#BACKBONES[@]} backbones failed: ${failed[*]} (their steps' messages are above," \
-       "their logs in results/logs/<backbone>/); the others are complete, and the grid in results/report.md" \
-       "lists what is missing. Run the same command again to continue." >&2
+       "their logs in results/logs/<backbone>/); $others, and the grid in results/report.md lists what is" \
+       "missing. Run the same command again to continue." >&2
   exit 1
 fi
 echo "== done in $(( $(date +%s) - started )) s: runs/ and results/ (report: results/report.md, the grid over" \

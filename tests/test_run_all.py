@@ -64,7 +64,7 @@ def test_a_failing_backbone_is_named_at_the_end_after_the_next_one_ran_and_the_g
     assert result.returncode == 1
     assert "== backbone 2/2: tiny-llama ==" in result.stdout  # the first one's failure did not stop the second
     assert "step 'train' failed; its log is results/logs/tiny-llama/train.log" in result.stderr
-    assert "2 of 2 backbones failed: tiny-gpt2 tiny-llama" in result.stderr
+    assert "2 of 2 backbones failed: tiny-gpt2 tiny-llama" in result.stderr and "none is complete" in result.stderr
     index = (checkout / "results" / "report.md").read_text()
     assert "6 RMs in this grid (2 backbones × 3 objectives × 1 seed): 0 analysed" in index
     assert "tiny-llama mixed seed 3" in index
