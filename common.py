@@ -317,6 +317,11 @@ def remove_table(stem: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def number(value: float | None, digits: int = 3) -> str:
+    """A bare number for a table cell; "–" where there is none (None or NaN)."""
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
 def rows_markdown(rows: Sequence[dict], digits: int = 4) -> str:
     """A Markdown table of dict rows (keys of the first row as the header), floats to `digits` significant digits."""
     def cell(value):
@@ -2261,8 +2266,8 @@ def write_index(results_dir: str | os.PathLike) -> Path:
         except (Unreadable, KeyError, TypeError) as err:
             why, rebuild = f"{err}", "python experiments/grid.py ... (the backbones and seeds of the grid)"
         text += (read_text(root / GRID_FOLDER / "report_section.md") if not why else
-                        f"## The grid over backbones\n\nOut of date: the per-backbone result files it was built from "
-                        f"changed since ({why}). Rebuild it (nothing is recomputed) with\n\n    {rebuild}\n")
+                 f"## The grid over backbones\n\nOut of date: the per-backbone result files it was built from changed "
+                 f"since ({why}). Rebuild it (nothing is recomputed) with\n\n    {rebuild}\n")
     index = root / "report.md"
     write_text(index, text)
     return index

@@ -343,8 +343,9 @@ def official_scores(by_subset, tasks) -> list[tuple[str, str, float]]:
             rows.append((scorer, subset, rb2_best_of_4(scores)))
         elif scorer == "rm-bench-3x3":
             rows += [(scorer, f"{subset} {level}", value) for level, value in rm_bench_accuracy(scores).items()]
-            if rm_bench_domain(subset, tasks):
-                domains.setdefault(rm_bench_domain(subset, tasks), []).extend(scores)
+            domain = rm_bench_domain(subset, tasks)
+            if domain:
+                domains.setdefault(domain, []).extend(scores)
     own = {domain: statistics.fmean(rm_bench_accuracy(scores).values()) for domain, scores in domains.items()}
     rows += [("rm-bench-domain", f"{domain} (mean of easy, normal, hard)", value) for domain, value in own.items()]
     if own:

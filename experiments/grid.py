@@ -268,13 +268,10 @@ def overlap_table(backbones, full: int, paper: bool):
         # only the authors' retention is a grid-wide number in the paper; its other overlaps are per backbone
         ref = common.PAPER_RETENTION_AUTHORS if paper and measure == "retention_authors" else None
         csv_rows.append([measure, summary.mean, summary.std, summary.seeds, n, summary.low, summary.high, chance, ref])
-        md_rows.append([label, grid_cell(summary, full, scale=1.0, digits=3), fmt(chance), fmt(ref)])
+        md_rows.append([label, grid_cell(summary, full, scale=1.0, digits=3), common.number(chance),
+                        common.number(ref)])
     return header, csv_rows, common.markdown_table(["Measure", "Ours (backbones × seeds)", "Chance", "Paper"],
                                                    md_rows)
-
-
-def fmt(value, digits=3) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------------------------

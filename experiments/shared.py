@@ -316,10 +316,6 @@ def save_partitions(cfg, run, model, items, dtype, rows, set_hashes):
 # ---------------------------------------------------------------------------------------------
 # Tables, figures and the report section
 # ---------------------------------------------------------------------------------------------
-def fmt(value, digits=3) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def overlap_table(cfg, rows):
     header = ["method", "tau", "measure", "value_mean", "value_std", "seeds", "chance", "paper"]
     csv_rows, md_rows = [], []
@@ -332,7 +328,7 @@ def overlap_table(cfg, rows):
                 ref = common.paper_overlap(cfg["model"], measure) if (method, tau) == ("magnitude", 10.0) else None
                 csv_rows.append([method, f"{tau:g}", measure, stats[0], stats[1], stats[2], chance, ref])
                 md_rows.append([method, f"{tau:g}", common.OVERLAP_MEASURES[measure],
-                                common.cell(common.Summary(*stats), 1, 3), fmt(chance), fmt(ref)])
+                                common.cell(common.Summary(*stats), 1, 3), common.number(chance), common.number(ref)])
     md = common.markdown_table(["Method", "τ %", "Measure", "Ours (mean ± std over seeds)", "Chance", "Paper"],
                                md_rows)
     return header, csv_rows, md
@@ -544,7 +540,8 @@ def write_within(cfg, results, tasks, out: Path):
         chance = common.mean_std(r["chance"] for r in picked)[0]
         table.append(["overlap", measure, "", value.mean, value.std, value.seeds, math.nan, math.nan, chance,
                       math.nan, math.nan])
-        md_rows.append([common.OVERLAP_MEASURES[measure], "", common.cell(value, 1.0, 3), f"chance {fmt(chance)}"])
+        md_rows.append([common.OVERLAP_MEASURES[measure], "", common.cell(value, 1.0, 3),
+                        f"chance {common.number(chance)}"])
     for group in GROUPS:
         base = group_summary(rows, tasks, method, tau, "shared", group, "base_accuracy")
         table.append(["baseline", "not ablated", group, base.mean, base.std, base.seeds, math.nan, math.nan, math.nan,
