@@ -29,6 +29,8 @@ import json
 import math
 import os
 import random
+import re
+import shutil
 import socket
 import statistics
 import sys
@@ -207,7 +209,8 @@ def read_h5(path: str | os.PathLike, read: Callable):
 
 # Settings keys that are command-line options: a difference names the option (--max-length 256 (now 512)).
 OPTION_KEYS = frozenset({"model", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs",
-                         "epochs", "lr", "batch_size", "max_length", "dtype", "site", "data_dir", "draws"})
+                         "epochs", "lr", "batch_size", "max_length", "dtype", "site", "data_dir", "draws",
+                         "template"})
 
 
 def _plain(value):
@@ -464,7 +467,7 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------------------------------
 # 3. Architectures and models
 # Paths are relative to the backbone (`model.base_model`); the reward head is `model.score` for every
-# *ForSequenceClassification here.
+# *ForSequenceClassification, and another module for the families in data/reward_heads.json.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -490,6 +493,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "gpt_neox": Arch("layers", "mlp.act", "mlp.dense_4h_to_h", lambda c: c.intermediate_size,
                      lambda c: c.max_position_embeddings, gated=False),
 }
+ARCHITECTURES["gpt_neox_reward_model"] = ARCHITECTURES["gpt_neox"]  # OpenAssistant's RMs (data/reward_heads.json)
 NEURON_SITES = ("act", "down_in")
 
 
@@ -516,6 +520,17 @@ def context_length(model) -> int:
     """The most positions a model (or a model's config) can take."""
     config = getattr(model, "config", model)
     return arch_of(config).context(config)
+
+
+def saved_context_length(path: Path, trust_remote_code: bool = False) -> int:
+    """context_length of a saved model from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        return context_length(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+    except ValueError as err:  # a model type only the code it ships defines
+        raise RMTError(f"{path}: its config.json cannot be read ({str(err).strip()[:160]}); if it ships its own "
+                       "modelling code, read it, then pass --trust-remote-code", usage=True) from None
 
 
 BACKBONES = {
@@ -637,7 +652,78 @@ def check_model(name: str) -> None:
         resolve_backbone(name)
 
 
-def load_tokenizer(source):
+TEMPLATES = ("auto", "hh", "chat")
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """How an RM reads a conversation. hh: the HH-RLHF transcript string ("\\n\\nHuman: …\\n\\nAssistant: …", the
+    paper's), tokenised with the tokenizer's own special tokens; chat: the tokenizer's chat template over the
+    conversation turn by turn, tokenised exactly as the template writes it (its BOS once, EOS only where it puts
+    one), which is what `apply_chat_template(conversation, tokenize=True)` gives the RM's own users."""
+    name: str  # "hh" or "chat"
+    tokenizer: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def special_tokens(self) -> bool:
+        return self.name == "hh"
+
+    @property
+    def key(self) -> str | None:
+        """What the format adds to a cache key: nothing for hh (every earlier cache was made in it), the template's
+        content hash for chat (a tokenizer saved with another template renders other text)."""
+        if self.name == "hh":
+            return None
+        return "chat:" + hashlib.sha256(self.tokenizer.chat_template.encode("utf-8")).hexdigest()[:12]
+
+    def exchange(self, prompt: str, response: str) -> str:
+        """One benchmark item's prompt and response: a user turn and an assistant turn."""
+        if self.name == "hh":
+            return f"{HUMAN} {prompt}{ASSISTANT} {response}"
+        return self.render([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+
+    def transcript(self, text: str) -> str:
+        """A whole HH-RLHF transcript (a training pair's side, a held-out item)."""
+        return text if self.name == "hh" else self.render(hh_turns(text))
+
+    def render(self, messages: list[dict]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception as err:  # a template raises whatever its Jinja code raises (e.g. on a system turn)
+            raise RMTError(f"the tokenizer's chat template refused a conversation of {len(messages)} turns "
+                           f"({type(err).__name__}: {str(err)[:200]}); --template hh reads it as an HH transcript") \
+                from None
+
+
+HH_FORMAT = InputFormat("hh")
+
+
+def hh_turns(transcript: str) -> list[dict]:
+    """An HH-RLHF transcript as chat messages, turn by turn (Human → user, Assistant → assistant, each stripped).
+    Consecutive turns of one speaker, which a few transcripts have and most chat templates refuse, are joined."""
+    parts = re.split(r"\n\n(Human|Assistant):", transcript)
+    messages = [{"role": "user", "content": parts[0].strip()}] if parts[0].strip() else []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content.strip()
+        else:
+            messages.append({"role": role, "content": content.strip()})
+    return messages
+
+
+def input_format(tokenizer, template: str = "hh") -> InputFormat:
+    """--template for this tokenizer: auto is chat when the tokenizer has a chat template, hh otherwise."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if template == "chat" and not has_template:
+        raise RMTError("--template chat: the RM's tokenizer has no chat template (tokenizer_config.json "
+                       "chat_template, or chat_template.jinja); use --template hh", usage=True)
+    return InputFormat("chat" if template == "chat" or (template == "auto" and has_template) else "hh", tokenizer)
+
+
+def load_tokenizer(source, template: str = "hh"):
+    """The tokenizer of a backbone or RM, with the InputFormat (`tokenizer.input_format`) its RM reads."""
     from transformers import AutoTokenizer
 
     tokenizer = byte_tokenizer() if source in TINY_BACKBONES else AutoTokenizer.from_pretrained(source)
@@ -645,22 +731,23 @@ def load_tokenizer(source):
         tokenizer.pad_token = tokenizer.eos_token  # rewards are read through the mask, so pad's id is harmless
     tokenizer.truncation_side = "left"  # keep the END of the transcript: the final answer is what is judged
     tokenizer.padding_side = "right"
+    tokenizer.input_format = input_format(tokenizer, template)
     return tokenizer
 
 
-def new_reward_model(name: str, seed: int):
-    """A backbone with a freshly initialised N(0, 0.02) scalar reward head, and its tokenizer."""
+def new_reward_model(name: str, seed: int, template: str = "hh"):
+    """A backbone with a freshly initialised N(0, 0.02) scalar reward head, and its tokenizer (reading --template)."""
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     if name in TINY_BACKBONES:
-        tokenizer = load_tokenizer(name)
+        tokenizer = load_tokenizer(name, template)
         model = AutoModelForSequenceClassification.from_config(tiny_config(name, len(tokenizer)))
     else:
         source = resolve_backbone(name)
         with from_the_hub(f"the model {source}", "pass a local directory holding config.json, or an offline "
                           f"backbone: {', '.join((*GGUF_BACKBONES, *TINY_BACKBONES))}"):
-            tokenizer = load_tokenizer(source)
+            tokenizer = load_tokenizer(source, template)
             model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
     arch_of(model)  # fail early on an architecture the neuron steps could not handle
     torch.nn.init.normal_(model.score.weight, mean=0.0, std=0.02)
@@ -670,15 +757,89 @@ def new_reward_model(name: str, seed: int):
     return model, tokenizer
 
 
-def load_reward_model(path: str | os.PathLike, device: torch.device):
-    """A saved RM (train.py's `.../rm`), in float32 for analysis."""
+@dataclass(frozen=True)
+class Reading:
+    """How an RM is read besides its weights (--template, --trust-remote-code, --reward-index,
+    --attn-implementation); the default is how train.py's RMs are read."""
+    template: str = "hh"
+    trust_remote_code: bool = False
+    reward_index: int | None = None
+    attn_implementation: str | None = None
+
+    def key(self, form: InputFormat) -> dict | None:
+        """What it adds to the key of everything computed from the RM: None for the default reading (what a record
+        made before these options holds, so those still stand); the permission to run remote code changes no number."""
+        entries = {"template": form.key, "reward_index": self.reward_index,
+                   "attn_implementation": self.attn_implementation}
+        return {k: v for k, v in entries.items() if v is not None} or None
+
+
+def reading_of(cfg: dict) -> Reading:
+    return Reading(cfg.get("template", "hh"), cfg.get("trust_remote_code", False), cfg.get("reward_index"),
+                   cfg.get("attn_implementation"))
+
+
+HEAD_FAMILIES_FILE = DATA_DIR / "reward_heads.json"
+
+
+def head_family(config: dict, where: Path) -> dict:
+    """The data/reward_heads.json row of an RM's config.json (its architectures[0]), or RMTError naming the file."""
+    import fnmatch
+
+    name = (config.get("architectures") or [""])[0]
+    for family in read_json(HEAD_FAMILIES_FILE)["families"]:
+        if fnmatch.fnmatchcase(name, family["architectures"]):
+            return family
+    raise RMTError(f"{where}: its class {name or '(config.json names none)'} is no reward-model head family this "
+                   f"project knows. If it is a reward model, add a row to {HEAD_FAMILIES_FILE.relative_to(REPO_ROOT)} "
+                   "naming its head module (the one that maps the last hidden state to the reward)")
+
+
+def load_reward_model(path: str | os.PathLike, device: torch.device, reading: Reading = Reading()):
+    """A saved RM — train.py's `.../rm`, or one trained elsewhere — in float32 for analysis, and its tokenizer with
+    the InputFormat of `reading.template`. Its head is found through data/reward_heads.json; a checkpoint without
+    weights for that head (which transformers would fill with random ones), code it ships without
+    --trust-remote-code, or a head of several outputs without --reward-index is refused."""
     from transformers import AutoModelForSequenceClassification
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise RMTError(f"no trained reward model at {path} (no config.json)")
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    return model, load_tokenizer(str(path))
+        raise RMTError(f"no reward model at {path} (no config.json)")
+    config = read_json(path / "config.json")
+    family = head_family(config, path)
+    if (config.get("auto_map") or family["remote_code"]) and not reading.trust_remote_code:
+        raise RMTError(f"{path} ships its own modelling code (config.json auto_map: "
+                       f"{', '.join(sorted(config.get('auto_map') or {})) or 'none'}); read it, then pass "
+                       "--trust-remote-code to run it", usage=True)
+    options = {"attn_implementation": reading.attn_implementation} if reading.attn_implementation else {}
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=reading.trust_remote_code, output_loading_info=True,
+            **options)
+    except (ValueError, ImportError, AttributeError, TypeError) as err:
+        # an attention implementation this machine lacks, an unknown class, remote code older than transformers
+        raise RMTError(f"{path} cannot be loaded ({type(err).__name__}: "
+                       f"{(str(err).strip().splitlines() or [''])[0][:200]}); code it ships may predate transformers "
+                       f"{importlib.metadata.version('transformers')}") from None
+    arch_of(model)  # an MLP layout the neuron steps cannot hook is refused here, naming the row to add
+    if not isinstance(getattr(model, family["head"], None), torch.nn.Module):
+        raise RMTError(f"{path}: its class has no module '{family['head']}', the head of the family "
+                       f"'{family['family']}' in {HEAD_FAMILIES_FILE.relative_to(REPO_ROOT)}")
+    untrained = [key for key in info["missing_keys"] if key.split(".")[0] == family["head"]]
+    if untrained:
+        raise RMTError(f"{path} holds no weights for its reward head '{family['head']}' ({', '.join(untrained)}): "
+                       "loading it would score with a random head. Is it a reward model? (A language model or a "
+                       f"value-head checkpoint needs a row in {HEAD_FAMILIES_FILE.relative_to(REPO_ROOT)})")
+    outputs = getattr(model.get_submodule(family["head"]), "out_features", None) or model.config.num_labels
+    index = reading.reward_index
+    if index is None and outputs > 1:
+        raise RMTError(f"{path}: its head '{family['head']}' has {outputs} outputs; say which is the reward with "
+                       f"--reward-index 0..{outputs - 1}", usage=True)
+    if index is not None and not 0 <= index < outputs:
+        raise RMTError(f"--reward-index {index}: the head '{family['head']}' of {path} has {outputs} output(s)",
+                       usage=True)
+    model.rmt_reward = (family["head"], index or 0)  # what rewards() reads
+    return model.to(device).eval(), load_tokenizer(str(path), reading.template)
 
 
 # The content hash of an RM's weights identifies it in every cache key. train.py records it when it saves the RM
@@ -689,14 +850,22 @@ WEIGHTS_STAT = "weights.stat.json"
 
 
 def weight_files(rm_path: str | os.PathLike) -> list[Path]:
-    files = sorted(Path(rm_path).glob("*.safetensors"), key=lambda path: path.name)
+    """An RM's weight files: its *.safetensors, else (an older hub checkpoint) its pytorch_model*.bin."""
+    files = sorted(Path(rm_path).glob("*.safetensors")) or sorted(Path(rm_path).glob("pytorch_model*.bin"))
     if not files:
-        raise RMTError(f"no *.safetensors weights in {rm_path}")
+        raise RMTError(f"no *.safetensors (or pytorch_model*.bin) weights in {rm_path}")
     return files
 
 
+def hash_record_dir(rm_path: str | os.PathLike) -> Path:
+    """Where an RM's weights hash is recorded: in the RM's folder, or, for an RM trained elsewhere (linked into its
+    run as <run>/rm → the user's folder, which is never written to), in the run folder beside the link."""
+    rm = Path(rm_path)
+    return rm.parent if rm.is_symlink() else rm
+
+
 def weights_sha256(rm_path: str | os.PathLike) -> str:
-    """Hex sha256 over an RM's *.safetensors files in name order: each file's name (UTF-8), then its content."""
+    """Hex sha256 over an RM's weight files in name order: each file's name (UTF-8), then its content."""
     digest = hashlib.sha256()
     for path in weight_files(rm_path):
         digest.update(path.name.encode())
@@ -713,9 +882,20 @@ def _weights_stat(rm_path) -> dict:
 def record_weights(rm_path: str | os.PathLike) -> str:
     """Hash a saved RM's weights and record the hash (weights.sha256) and the files' sizes and mtimes."""
     digest = weights_sha256(rm_path)
-    write_text(Path(rm_path) / WEIGHTS_HASH, digest + "\n")
-    write_json(Path(rm_path) / WEIGHTS_STAT, {"sha256": digest, "files": _weights_stat(rm_path)})
+    write_text(hash_record_dir(rm_path) / WEIGHTS_HASH, digest + "\n")
+    write_json(hash_record_dir(rm_path) / WEIGHTS_STAT, {"sha256": digest, "files": _weights_stat(rm_path)})
     return digest
+
+
+def recorded_weights_hash(rm_path: str | os.PathLike) -> str | None:
+    """The recorded hash while every weight file has the size and mtime recorded with it, else None."""
+    record = hash_record_dir(rm_path)
+    with contextlib.suppress(Unreadable, RMTError):
+        recorded = read_text(record / WEIGHTS_HASH).strip()
+        stat = read_json(record / WEIGHTS_STAT)
+        if isinstance(stat, dict) and stat.get("sha256") == recorded and stat.get("files") == _weights_stat(rm_path):
+            return recorded
+    return None
 
 
 def rm_fingerprint(rm_path: str | os.PathLike) -> str:
@@ -723,20 +903,18 @@ def rm_fingerprint(rm_path: str | os.PathLike) -> str:
     recorded with the hash, the recorded hash stands; otherwise the files are hashed again (a copied runs/ folder
     once; its record is renewed where it can be written) and must give the recorded hash, or an RMTError says the
     weights were changed or damaged. An RM saved some other way (no weights.sha256) is hashed every time."""
-    rm = Path(rm_path)
-    if not (rm / WEIGHTS_HASH).exists():
+    rm, record = Path(rm_path), hash_record_dir(rm_path)
+    if not (record / WEIGHTS_HASH).exists():
         return weights_sha256(rm)
-    recorded = read_text(rm / WEIGHTS_HASH).strip()
-    with contextlib.suppress(Unreadable):
-        stat = read_json(rm / WEIGHTS_STAT)
-        if isinstance(stat, dict) and stat.get("sha256") == recorded and stat.get("files") == _weights_stat(rm):
-            return recorded
-    actual = weights_sha256(rm)
+    recorded = recorded_weights_hash(rm)
+    if recorded:
+        return recorded
+    recorded, actual = read_text(record / WEIGHTS_HASH).strip(), weights_sha256(rm)
     if actual != recorded:
-        raise RMTError(f"{rm}: the weights no longer match {WEIGHTS_HASH}, which train.py recorded when it saved them "
-                       "(a *.safetensors file was changed or damaged)")
+        raise RMTError(f"{rm}: the weights no longer match {WEIGHTS_HASH} (in {record}), recorded when they were "
+                       "saved or first analysed (a weight file was changed or damaged since)")
     with contextlib.suppress(OSError):
-        write_json(rm / WEIGHTS_STAT, {"sha256": actual, "files": _weights_stat(rm)})
+        write_json(record / WEIGHTS_STAT, {"sha256": actual, "files": _weights_stat(rm)})
     return actual
 
 
@@ -775,13 +953,6 @@ HH_SUBSETS = {
 }
 HH_SUBSETS["mixed"] = HH_SUBSETS["helpful"] + HH_SUBSETS["harmless"]
 HH_HUB_ID = "Anthropic/hh-rlhf"
-ASSISTANT = "\n\nAssistant:"
-HUMAN = "\n\nHuman:"
-
-
-def format_transcript(prompt: str, response: str) -> str:
-    """An RM input formatted exactly like the HH-RLHF training transcripts."""
-    return f"{HUMAN} {prompt}{ASSISTANT} {response}"
 
 
 def text_problem(text: str) -> str | None:
@@ -992,10 +1163,10 @@ class Item:
     rejected: tuple[str, ...]
     transcripts: bool = False  # chosen / rejected are whole HH-RLHF transcripts already (held-out pairs)
 
-    def texts(self) -> list[str]:
-        """RM inputs, chosen then rejected, formatted exactly like the training transcripts."""
+    def texts(self, form: InputFormat = HH_FORMAT) -> list[str]:
+        """RM inputs, chosen then rejected, as the RM reads them (`form`: by default like the HH-RLHF transcripts)."""
         responses = (*self.chosen, *self.rejected)
-        return list(responses) if self.transcripts else [format_transcript(self.prompt, r) for r in responses]
+        return [form.transcript(r) if self.transcripts else form.exchange(self.prompt, r) for r in responses]
 
 
 def item_hash(item: Item) -> str:
@@ -1105,15 +1276,22 @@ def held_out_items(objective: str, cfg: dict) -> list[Item]:
 def encode(tokenizer, texts: Sequence[str], max_length: int, chunk: int = 512) -> list[list[int]]:
     """Token ids, tokenised in chunks: one tokenizer call holds a full encoding of every text it is given
     (offsets, token strings and the overflow truncation drops) — 261 MB for 4,000 HH-RLHF texts, 33 MB in chunks."""
-    texts = list(texts)
+    texts, special = list(texts), text_format(tokenizer).special_tokens
     return [ids for start in range(0, len(texts), chunk)
-            for ids in tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length)["input_ids"]]
+            for ids in tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,
+                                 add_special_tokens=special)["input_ids"]]
+
+
+def text_format(tokenizer) -> InputFormat:
+    """The InputFormat load_tokenizer gave a tokenizer (HH for one made some other way, as in the tests)."""
+    return getattr(tokenizer, "input_format", HH_FORMAT)
 
 
 def encode_pairs(tokenizer, pairs: Sequence[Pair], max_length: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(chosen token ids, rejected token ids) of the pairs."""
-    return (encode(tokenizer, [p.chosen for p in pairs], max_length),
-            encode(tokenizer, [p.rejected for p in pairs], max_length))
+    """(chosen token ids, rejected token ids) of the pairs, rendered as the tokenizer's RM reads them."""
+    form = text_format(tokenizer)
+    return (encode(tokenizer, [form.transcript(p.chosen) for p in pairs], max_length),
+            encode(tokenizer, [form.transcript(p.rejected) for p in pairs], max_length))
 
 
 class MemoTokenizer:
@@ -1124,21 +1302,24 @@ class MemoTokenizer:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.memo: dict[tuple[int | None, str], list[int]] = {}
+        self.memo: dict[tuple[int | None, bool, str], list[int]] = {}
         self.calls = 0  # texts actually sent to the wrapped tokenizer
 
     def __getattr__(self, name):
         return getattr(self.tokenizer, name)
 
-    def __call__(self, texts, truncation=False, max_length=None, **kwargs):
+    def __call__(self, texts, truncation=False, max_length=None, add_special_tokens=True, **kwargs):
         if kwargs or not truncation or isinstance(texts, str):
-            return self.tokenizer(texts, truncation=truncation, max_length=max_length, **kwargs)
-        todo = [t for t in dict.fromkeys(texts) if (max_length, t) not in self.memo]
+            return self.tokenizer(texts, truncation=truncation, max_length=max_length,
+                                  add_special_tokens=add_special_tokens, **kwargs)
+        key = (max_length, add_special_tokens)
+        todo = [t for t in dict.fromkeys(texts) if (*key, t) not in self.memo]
         if todo:
-            ids = self.tokenizer(todo, truncation=True, max_length=max_length)["input_ids"]
-            self.memo.update(((max_length, t), i) for t, i in zip(todo, ids))
+            ids = self.tokenizer(todo, truncation=True, max_length=max_length,
+                                 add_special_tokens=add_special_tokens)["input_ids"]
+            self.memo.update(((*key, t), i) for t, i in zip(todo, ids))
             self.calls += len(todo)
-        return {"input_ids": [self.memo[max_length, t] for t in texts]}
+        return {"input_ids": [self.memo[(*key, t)] for t in texts]}
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1194,10 +1375,13 @@ def token_budget(micro_batch_tokens: int | None, device: torch.device) -> int:
 
 
 def rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward of every row: the head (load_reward_model's `rmt_reward`: its module and output; `score`, output
+    0 for a model made here) on the last real token's hidden state."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     last = attention_mask.sum(dim=1) - 1
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return model.score(pooled).squeeze(-1).float()
+    head, index = getattr(model, "rmt_reward", ("score", 0))
+    return model.get_submodule(head)(pooled)[:, index].float()
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -1245,14 +1429,18 @@ class ItemScores:
 
 
 # Score caches: <parent>/scores/<subset>.jsonl (SPEC §4) for the default settings, <parent>/scores/<variant>/ for
-# any other --max-length or dtype, so that the variants live side by side instead of replacing each other.
+# any other --max-length, dtype or reading (chat template, reward index, attention implementation), so that the
+# variants live side by side instead of replacing each other.
 DEFAULT_MAX_LENGTH = 512
 
 
-def score_cache_dir(parent: Path, max_length: int, dtype: torch.dtype) -> Path:
-    """Where `parent`'s (an RM's run, or one intervention's folder) scores at this length and dtype are cached."""
+def score_cache_dir(parent: Path, max_length: int, dtype: torch.dtype, reading: dict | None = None) -> Path:
+    """Where `parent`'s (an RM's run, or one intervention's folder) scores at this length, dtype and reading
+    (Reading.key) are cached."""
     variant = [f"len{max_length}"] if max_length != DEFAULT_MAX_LENGTH else []
     variant += [str(dtype).removeprefix("torch.")] if dtype != torch.float32 else []
+    variant += [{"template": str(v).replace(":", "-"), "reward_index": f"out{v}", "attn_implementation": str(v)}[k]
+                for k, v in (reading or {}).items()]
     return parent / "scores" / "-".join(variant) if variant else parent / "scores"
 
 
@@ -1286,12 +1474,12 @@ def read_score_cache(path: Path, settings: dict) -> tuple[dict[str, dict], dict[
 def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
                 max_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
                 fingerprint: str | None = None, intervention: dict | None = None, desc: str = "scoring items",
-                force: bool = False, **score_kwargs) -> list[ItemScores]:
+                force: bool = False, reading: dict | None = None, **score_kwargs) -> list[ItemScores]:
     """Scores of every response of every item, in item order.
 
     Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored with the same settings
-    (RM `fingerprint`, `max_length`, dtype and `intervention`), and its sidecar `<subset>.meta.json` the settings
-    and a hash of each item's text. Items whose row matches are reused; the rest are flattened into ONE score_texts
+    (RM `fingerprint` and `reading`, `max_length`, dtype and `intervention`), its sidecar `<subset>.meta.json` the
+    settings and a hash of each item's text, and `<subset>.rendered.txt` what the RM saw of the subset's first item. Items whose row matches are reused; the rest are flattened into ONE score_texts
     call (extra keyword arguments, e.g. hooks, go to it), so batches are length-sorted across all items and every
     distinct text is scored once; their rows are MERGED into the cache, so scoring a subsample never shrinks it.
     Scores under hooks must name their `intervention`, or they would be cached as the plain RM's. cache_dir None
@@ -1300,21 +1488,22 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
     """
     if score_kwargs.get("hooks") is not None and intervention is None and cache_dir is not None:
         raise ValueError("scores made under hooks need an `intervention` describing them in their cache key")
+    form = text_format(tokenizer)
     settings = {"max_length": max_length, "dtype": str(dtype), "fingerprint": fingerprint,
-                "intervention": intervention}
+                "intervention": intervention, "reading": reading}
     by_subset = group_by_subset(items)
     done, cached = _cached_item_scores(by_subset, cache_dir, settings, force, desc)
     todo = [item for item in items if (item.subset, item.id) not in done]
-    texts = list(dict.fromkeys(text for item in todo for text in item.texts()))
+    texts = list(dict.fromkeys(text for item in todo for text in item.texts(form)))
     rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
                                              desc=desc, **score_kwargs))) if texts else {}
-    broken = [item for item in todo if not all(math.isfinite(rewards_of[text]) for text in item.texts())]
+    broken = [item for item in todo if not all(math.isfinite(rewards_of[text]) for text in item.texts(form))]
     if broken:
         raise RMTError(f"[{desc}] the RM gave a non-finite reward to {len(broken)} item(s) (first: subset "
                        f"'{broken[0].subset}', id '{broken[0].id}'): its weights are broken, or --dtype bfloat16 "
                        "overflows (try --dtype float32)")
     for item in todo:
-        values = [rewards_of[text] for text in item.texts()]
+        values = [rewards_of[text] for text in item.texts(form)]
         done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
     if cache_dir is not None:
         for subset in {item.subset for item in todo}:
@@ -1326,7 +1515,18 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
             path = Path(cache_dir) / f"{subset}.jsonl"
             write_jsonl(path, rows.values())
             write_json(path.with_suffix(".meta.json"), {**settings, "items": len(rows), "item_hashes": hashes})
+            write_text(path.with_suffix(".rendered.txt"), rendered(tokenizer, by_subset[subset][0], form))
     return [done[item.subset, item.id] for item in items]
+
+
+def rendered(tokenizer, item: Item, form: InputFormat) -> str:
+    """What the RM saw of an item: every input text as rendered, then its tokens as the tokenizer writes them."""
+    parts = [f"format: {form.name}" + (f" ({form.key})" if form.key else "") + f"; item '{item.id}' of {item.subset}"]
+    for side, text in zip([*("chosen",) * len(item.chosen), *("rejected",) * len(item.rejected)], item.texts(form)):
+        ids = tokenizer([text], add_special_tokens=form.special_tokens)["input_ids"][0]
+        parts += [f"--- {side}: text ---", text, f"--- {side}: {len(ids)} tokens ---",
+                  " ".join(tokenizer.convert_ids_to_tokens(ids))]
+    return "\n".join(parts) + "\n"
 
 
 def _cached_item_scores(by_subset: dict[str, list[Item]], cache_dir, settings: dict, force: bool, desc: str):
@@ -1446,9 +1646,10 @@ def evaluate_rm(rm: Path, model, tokenizer, items: Sequence[Item], cfg: dict, de
     d_mlp] bool, mean values or None), with those neurons switched off at cfg["site"] (an intervention's folder;
     keyed by the intervention). `force` rescores every item."""
     max_length = min(cfg["max_length"], context_length(model))
-    common_args = (model, tokenizer, items, score_cache_dir(cache_parent, max_length, dtype))
+    reading = reading_of(cfg).key(text_format(tokenizer))
+    common_args = (model, tokenizer, items, score_cache_dir(cache_parent, max_length, dtype, reading))
     rest = dict(batch_size=2 * cfg["batch_size"], max_length=max_length, device=device, dtype=dtype,
-                fingerprint=rm_fingerprint(rm), desc=desc, force=force)
+                fingerprint=rm_fingerprint(rm), reading=reading, desc=desc, force=force)
     if ablated is None:
         return score_items(*common_args, **rest)
     kind, selected, values = ablated
@@ -1634,7 +1835,7 @@ def h5_settings(path: Path) -> dict | None:
 # What identifies a neuron file for the steps that only READ it (ablate, shared, conflict): the RM it was scored
 # in and the site. Its pairs, max length and dtype are neurons.py's choice (e.g. a subsample of the pairs), which
 # neurons.py itself compares in full.
-NEURON_IDENTITY = ("model", "rm_weights", "site")
+NEURON_IDENTITY = ("model", "rm_weights", "reading", "site")
 
 
 @dataclass
@@ -1668,7 +1869,14 @@ def read_neurons(path: Path, remake: str, shape: tuple[int, int] | None = None, 
 
 def neuron_identity(cfg: dict, rm: Path) -> dict:
     """NEURON_IDENTITY's values for the RM `rm` at cfg["site"]."""
-    return {"model": cfg["model"], "rm_weights": rm_fingerprint(rm), "site": cfg["site"]}
+    return {"model": cfg["model"], "rm_weights": rm_fingerprint(rm), "reading": rm_reading(cfg, rm),
+            "site": cfg["site"]}
+
+
+def rm_reading(cfg: dict, rm: Path) -> dict | None:
+    """Reading.key of the RM at `rm` as cfg reads it (its tokenizer decides what --template auto is)."""
+    reading = reading_of(cfg)
+    return reading.key(HH_FORMAT if reading.template == "hh" else load_tokenizer(str(rm), reading.template).input_format)
 
 
 def neuron_settings(cfg: dict, rm: Path, pairs: Sequence[Pair], max_length: int, dtype: torch.dtype) -> dict:
@@ -1692,14 +1900,13 @@ def compute_neuron_files(cfg: dict, rm: Path, objective: str, seed: int, methods
     setting (keys None: neurons.py) or only on `keys` (NEURON_IDENTITY: the steps that read the files). `tag` names
     the RM in messages. Returns a line for run.json."""
     import rmt_kernels
-    from transformers import AutoConfig
 
     tag = tag or f"[{objective} seed {seed}]"
     # what identifies a file needs no pairs: the steps that only read the files load none while theirs are current
     todo = None if keys is None else stale_neuron_files(cfg, folder, methods, neuron_identity(cfg, rm), keys, tag)
     if todo == []:
         return {"objective": objective, "seed": seed, "reused": list(methods)}
-    max_length = min(cfg["max_length"], context_length(AutoConfig.from_pretrained(rm)))
+    max_length = min(cfg["max_length"], saved_context_length(rm, reading_of(cfg).trust_remote_code))
     scored = scoring_pairs(pairs(), cfg, objective, seed)
     if not scored:
         raise RMTError(f"{tag} no training pairs to score")
@@ -1739,13 +1946,14 @@ def score_neurons(cfg: dict, rm: Path, objective: str, seed: int, methods: Seque
                   max_length: int, device: torch.device, dtype: torch.dtype):
     """(the ScoringPass, the AttributionPass or None) of one RM over `pairs`, with the base backbone beside it
     where `change` is among `methods`."""
-    model, tokenizer = load_reward_model(rm, device)
+    model, tokenizer = load_reward_model(rm, device, reading_of(cfg))
     base = None
     if "change" in methods:
-        base = new_reward_model(cfg["model"], seed)[0].to(device).eval()  # the backbone before training
+        backbone = cfg.get("backbone") or cfg["model"]  # with --rm, the --model they were fine-tuned from
+        base = new_reward_model(backbone, seed)[0].to(device).eval()  # the backbone before training
         if mlp_shape(base) != mlp_shape(model):
             raise RMTError(f"[{objective} seed {seed}] the RM's MLP grid {mlp_shape(model)} differs from --model "
-                           f"{cfg['model']}'s {mlp_shape(base)}: pass the model it was trained from")
+                           f"{backbone}'s {mlp_shape(base)}: pass the model it was trained from")
     total = math.ceil(len(pairs) / cfg["batch_size"])
     scoring = ScoringPass(model, base, site=cfg["site"])
     batches = pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)
@@ -2136,7 +2344,7 @@ def partitions_path(run: Path, site: str, ablation: str) -> Path:
 # train.py options that shape the RM it trains: a trained RM or a checkpoint is kept only under the same values
 # (and the same pairs, by content), and a suggested train command repeats the values its siblings were trained with.
 TRAINING_OPTIONS = ("train_split", "eval_split", "eval_fraction", "max_pairs", "max_eval_pairs", "epochs", "lr",
-                    "batch_size", "max_length", "dtype")
+                    "batch_size", "max_length", "dtype", "template")
 
 
 def training_config(run: Path) -> tuple[dict, dict]:
@@ -2147,7 +2355,7 @@ def training_config(run: Path) -> tuple[dict, dict]:
     options = config.get("options", config) if isinstance(config, dict) else None
     if not isinstance(options, dict):
         raise Unreadable(f"{run / 'train.json'} holds no config")
-    return config, options
+    return config, {"template": "hh", **options}  # records from before --template: train.py then wrote HH transcripts
 
 
 def training_record(run: Path) -> dict | None:
@@ -2193,9 +2401,93 @@ def rm_problem(run: Path) -> str:
     return ""
 
 
+# An RM trained elsewhere (--rm OBJECTIVE=SOURCE) gets a run folder like a trained one, named by its weights' hash:
+# runs/<label>/<objective>/rm-<sha256[:12]>/ with rm → the user's folder (a link: nothing is copied or written there),
+# the hash record and source.json. Its own scores live in runs/<label>/rm-<sha256[:12]>/, which every role it plays
+# and every path it is given by share: one RM is scored once.
+RM_SOURCE = "source.json"
+
+
+def rm_sources(cfg: dict) -> dict[str, str]:
+    """{objective: SOURCE} of the --rm options, in OBJECTIVES order; RMTError for a malformed or repeated one."""
+    sources = {}
+    for value in cfg.get("rm") or ():
+        objective, sep, source = value.partition("=")
+        if not sep or objective not in OBJECTIVES or not source:
+            raise RMTError(f"--rm {value}: expected OBJECTIVE=SOURCE, OBJECTIVE one of {', '.join(OBJECTIVES)}",
+                           usage=True)
+        if objective in sources:
+            raise RMTError(f"--rm {objective}= is given twice: one RM per objective", usage=True)
+        sources[objective] = source
+    return {o: sources[o] for o in OBJECTIVES if o in sources}
+
+
+def rm_folder(source: str) -> Path:
+    """The local folder of --rm SOURCE: a folder as it is; a hub id org/name[@revision] fetched (or found in the hub
+    cache) with huggingface_hub."""
+    if Path(source).is_dir():
+        return Path(source).resolve()
+    repo, _, revision = source.partition("@")
+    if repo.count("/") != 1 or repo.startswith((".", "/")) or Path(repo).exists():
+        raise RMTError(f"--rm {source}: no such folder, and not a hub id (org/name[@revision])", usage=True)
+    from huggingface_hub import snapshot_download
+
+    with from_the_hub(f"the RM {source}", "pass --rm OBJECTIVE=DIR, a local folder saved with save_pretrained"):
+        return Path(snapshot_download(repo, revision=revision or None))
+
+
+def external_run(cfg: dict, objective: str, source: str) -> Path:
+    """The run folder of the RM at `source` playing `objective`, made (or relinked, when the same weights come from
+    another path) atomically. Its weights are hashed once per change of their files (sizes and mtimes)."""
+    folder = rm_folder(source)
+    if not (folder / "config.json").exists():
+        raise RMTError(f"--rm {objective}={source}: {folder} holds no config.json (not a model saved with "
+                       "save_pretrained)", usage=True)
+    base = Path(cfg["runs_dir"]) / model_slug(cfg["model"]) / objective
+    known = [run for run in sorted(base.glob("rm-*")) if (run / "rm").resolve() == folder]
+    digest = next(filter(None, (recorded_weights_hash(run / "rm") for run in known)), None)
+    if digest is None:
+        say(f"[{objective}] hashing the weights of {folder} (once: the hash keys every cache made from them)")
+        digest = weights_sha256(folder)
+    run = base / f"rm-{digest[:12]}"
+    if not run.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=base))
+        (tmp / "rm").symlink_to(folder, target_is_directory=True)
+        share_permissions(tmp)
+        with contextlib.suppress(OSError):  # another process made it meanwhile: its link is as good
+            os.replace(tmp, run)
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif (run / "rm").resolve() != folder:  # the same weights from another path: point the link there
+        link = run / f".rm.{os.getpid()}"
+        link.symlink_to(folder, target_is_directory=True)
+        os.replace(link, run / "rm")
+    if recorded_weights_hash(run / "rm") != digest:
+        write_text(run / WEIGHTS_HASH, digest + "\n")
+        write_json(run / WEIGHTS_STAT, {"sha256": digest, "files": _weights_stat(folder)})
+    if not (run / RM_SOURCE).exists() or read_json(run / RM_SOURCE).get("source") != source:
+        write_json(run / RM_SOURCE, {"source": source, "folder": str(folder), "objective": objective,
+                                     "weights_sha256": digest})
+    return run
+
+
+def own_scores_home(run: Path) -> Path:
+    """Where an RM's own (unablated) scores are cached: its run, or for an RM trained elsewhere the folder of its
+    weights' hash that all its roles share."""
+    return run.parents[1] / run.name if (run / RM_SOURCE).exists() else run
+
+
 def find_runs(cfg: dict, objectives: Sequence[str], seeds: Sequence[int]) \
         -> tuple[dict[tuple[str, int], Path], dict[str, str]]:
-    """({(objective, seed): run dir} of the usable RMs asked for, {unusable RM and why: the command that trains it})."""
+    """({(objective, seed): run dir} of the usable RMs asked for, {unusable RM and why: the command that trains it}).
+    With --rm, the RMs it names (seed 0), every one asked for."""
+    if cfg.get("rm"):
+        sources = rm_sources(cfg)
+        absent = [o for o in objectives if o not in sources]
+        if absent:
+            raise RMTError(f"this step reads the {', '.join(objectives)} RM(s): pass "
+                           + " ".join(f"--rm {o}=SOURCE" for o in absent) + " too", usage=True)
+        return {(o, 0): external_run(cfg, o, sources[o]) for o in objectives}, {}
     runs, missing = {}, {}
     for objective in objectives:
         for seed in seeds:
@@ -2212,17 +2504,51 @@ def missing_message(missing: dict[str, str]) -> str:
     return "\n".join(f"missing RM: {what}; train it with:\n  {command}" for what, command in missing.items())
 
 
+def rm_words(cfg: dict, objectives: Sequence[str] | None, seed: int) -> list[str]:
+    """The words of a suggested command that name the RMs of `objectives` (None: all three, for shared.py, which
+    has no --objective) of `seed`: --objective and --seed, or their --rm options and how they are read."""
+    sources = rm_sources(cfg)
+    if not sources:
+        return [*(w for o in objectives or () for w in ("--objective", o)), "--seed", str(seed)]
+    words = [w for o in objectives or sources for w in ("--rm", f"{o}={sources[o]}")]
+    words += ["--template", cfg["template"]] if cfg.get("template", "auto") != "auto" else []
+    words += ["--trust-remote-code"] if cfg.get("trust_remote_code") else []
+    words += [w for k in ("reward_index", "attn_implementation") if cfg.get(k) is not None
+              for w in (f"--{k.replace('_', '-')}", str(cfg[k]))]
+    return words
+
+
+def run_of(cfg: dict, objective: str, seed: int) -> Path:
+    """The run folder of the RM of `objective` and `seed`: train.py's, or with --rm the one it names."""
+    if cfg.get("rm"):
+        return find_runs(cfg, [objective], [seed])[0][objective, seed]
+    return rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
+
+
 def neurons_command(cfg: dict, objective: str, seed: int, methods: Sequence[str]) -> str:
     """The neurons.py command that (re)makes these files with the same data options."""
     import shlex
 
-    words = ["python", "experiments/neurons.py", "--model", cfg["model"], "--objective", objective, "--seed",
-             str(seed), "--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg["results_dir"]),
-             "--site", cfg["site"]]
+    words = ["python", "experiments/neurons.py", "--model", cfg["model"], *rm_words(cfg, [objective], seed),
+             "--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg["results_dir"]), "--site", cfg["site"]]
     words += [w for m in methods for w in ("--method", m)]
     words += [w for k in ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
               if cfg.get(k) is not None for w in (f"--{k.replace('_', '-')}", str(cfg[k]))]
     return shlex.join(words)
+
+
+def rms_sentence(cfg: dict, runs: dict[tuple[str, int], Path], objectives: Sequence[str]) -> str:
+    """The report's words for the RMs a step analysed: the backbone's RMs and their seeds, or the RMs given by
+    --rm, each with its source, and how they were read."""
+    if not cfg.get("rm"):
+        return f"RMs of `{cfg['model']}`: " + ", ".join(
+            f"{o} (seeds {', '.join(str(s) for s in sorted(s for oo, s in runs if oo == o))})" for o in objectives
+            if any(oo == o for oo, _ in runs))
+    sources = rm_sources(cfg)
+    read = [f"--{k.replace('_', '-')} {cfg[k]}" for k in ("template", "reward_index", "attn_implementation")
+            if cfg.get(k) is not None]
+    return ("RMs trained elsewhere (`--rm`, reported as seed 0): " + ", ".join(
+        f"{o} = `{sources[o]}`" for o in objectives if (o, 0) in runs) + f" (read with {', '.join(read)})")
 
 
 REPORT_STEPS = ("train", "behaviour", "neurons", "ablate", "shared", "conflict")
@@ -2301,6 +2627,36 @@ rm_options = options(
     click.option("--objective", type=click.Choice(OBJECTIVES), multiple=True, default=OBJECTIVES,
                  help="RM objective(s); repeatable."),
     seed_option, runs_dir_option,
+)
+
+
+def template_option(default: str):
+    return click.option(
+        "--template", type=click.Choice(TEMPLATES), default=default,
+        help="How conversations reach the RM. hh: as HH-RLHF transcripts (\\n\\nHuman: … \\n\\nAssistant: …, "
+             "the paper's); chat: through the tokenizer's chat template, turn by turn (its BOS once, EOS where it "
+             "writes one); auto: chat when the tokenizer has a template, else hh."
+             + (" Analysis steps: by default what the RMs' train.json records (hh for records without it)."
+                if default == "auto" else ""))
+
+
+# How an RM is found and read besides --model: every analysis step takes these (train.py only --template).
+reading_options = options(
+    click.option("--rm", multiple=True, metavar="OBJECTIVE=SOURCE",
+                 help="An RM trained elsewhere, in the role of the OBJECTIVE RM (helpful, harmless or mixed): a "
+                      "local folder saved with save_pretrained, or a hub id org/name[@revision]; repeatable, one per "
+                      "objective. The step then analyses these instead of runs/<model>/<objective>/seed<k>/rm, and "
+                      "--model is the backbone they were fine-tuned from (only the change method needs it) or a "
+                      "label for results/<model>/ (default: the first one's folder name)."),
+    template_option("auto"),
+    click.option("--trust-remote-code", is_flag=True,
+                 help="Let an RM that ships its own modelling code (config.json auto_map) run it; without, it is "
+                      "refused."),
+    click.option("--reward-index", type=click.IntRange(min=0), default=None,
+                 help="Which output of a reward head with several is the reward (refused without it)."),
+    click.option("--attn-implementation", type=click.Choice(["eager", "sdpa", "flash_attention_2"]), default=None,
+                 help="transformers' attention implementation (default: its own choice); recorded with every "
+                      "output and part of every cache key, as it can move scores."),
 )
 results_option = click.option("--results-dir", type=click.Path(file_okay=False), default="results",
                               help="Where tables, figures and report.md go.")
@@ -2385,7 +2741,7 @@ def headline(cfg: dict) -> tuple[str, float]:
 # The options that choose an RM's data. An analysis step run alone must use the data its RMs were trained on (their
 # held-out pairs, their training pairs to score neurons over), so each one the command line does not give is taken
 # from the RMs' train.json.
-DATA_OPTIONS = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length")
+DATA_OPTIONS = ("data_dir", "train_split", "eval_split", "eval_fraction", "max_pairs", "max_length", "template")
 
 
 def given_options() -> set[str]:
@@ -2425,29 +2781,75 @@ def with_training_data(cfg: dict, runs: dict[tuple[str, int], Path], given: set[
 
 
 def start_step(cfg: dict) -> tuple[torch.device, torch.dtype]:
-    """The first lines of every step: a bad --model fails before any work, the kernel backend is set, and the device
-    and compute dtype are resolved."""
+    """The first lines of every step: a bad --model fails before any work (with --rm it may be a label), the kernel
+    backend is set, and the device and compute dtype are resolved."""
     import rmt_kernels
 
-    check_model(cfg["model"])
+    if not cfg.get("rm"):
+        check_model(cfg["model"])
     if "backend" in cfg:
         rmt_kernels.set_backend(cfg["backend"])
     device = resolve_device(cfg["device"])
     return device, resolve_dtype(cfg["dtype"], device)
 
 
-def start_analysis(cfg: dict, objectives: Sequence[str], missing_ok: bool = False):
-    """The first lines of every analysis step, before any data is loaded: start_step, the RMs (every one asked for,
-    or with `missing_ok` those there are, the others named with their train command) and the data options they
-    were trained with. Returns (cfg with those options, {(objective, seed): run}, {missing RM: command}, device,
-    dtype)."""
+def is_backbone(name: str) -> bool:
+    """Whether --model names a model (not only a label for RMs given by --rm)."""
+    try:
+        check_model(name)
+    except RMTError:
+        return False
+    return True
+
+
+def with_external_rms(cfg: dict, given: set[str]) -> dict:
+    """cfg for RMs given by --rm: their objectives (or those of them --objective picks), seed 0, the folder under
+    runs/ and results/ (cfg["model"]: --model when it names no model, else the first RM's folder name, so that RMs
+    trained elsewhere never share a folder with the RMs train.py made for a backbone), and the change method only
+    where --model is the backbone they were fine-tuned from (cfg["backbone"]; without it the method is dropped
+    from the default methods, saying so, and refused when asked for)."""
+    sources = rm_sources(cfg)
+    if "seed" in given:
+        raise RMTError("--seed: RMs given by --rm have no seed (their rows say seed 0)", usage=True)
+    objectives = tuple(o for o in OBJECTIVES if o in sources)
+    if "objective" in given:
+        if set(cfg["objective"]) - set(sources):
+            raise RMTError(f"--objective {' '.join(cfg['objective'])}: with --rm, pick among the RMs it names "
+                           f"({', '.join(objectives)})", usage=True)
+        objectives = tuple(o for o in OBJECTIVES if o in cfg["objective"])
+    backbone = cfg["model"] if "model" in given and is_backbone(cfg["model"]) else None
+    cfg = {**cfg, "objective": objectives, "seed": (0,), "backbone": backbone}
+    if "model" not in given or backbone:
+        source = next(iter(sources.values()))
+        cfg["model"] = Path(source).resolve().name if Path(source).is_dir() else Path(source.partition("@")[0]).name
+        if any((Path(cfg["runs_dir"]) / model_slug(cfg["model"])).glob("*/seed*")):
+            raise RMTError(f"runs/{model_slug(cfg['model'])} holds RMs train.py made: name the folder for the RMs "
+                           "given by --rm with --model LABEL", usage=True)
+        say(f"the RMs given by --rm: runs and results under {model_slug(cfg['model'])}/ (--model LABEL names it)")
+    if "change" in cfg.get("method", ()) and not backbone:
+        if "method" in given:
+            raise RMTError("--method change compares each RM with the backbone it was fine-tuned from: pass that "
+                           "backbone as --model (a registry name, hub id or folder)", usage=True)
+        cfg["method"] = tuple(m for m in cfg["method"] if m != "change")
+        say("note: the change method is left out: it needs the backbone the RMs were fine-tuned from as --model")
+    return cfg
+
+
+def start_analysis(cfg: dict, objectives: Sequence[str] | None = None, missing_ok: bool = False):
+    """The first lines of every analysis step, before any data is loaded: start_step, the RMs (those of
+    `objectives`, by default of --objective; every one asked for, or with `missing_ok` those there are, the others
+    named with their train command; or those --rm names) and the data options they were trained with. Returns (cfg
+    with those options, {(objective, seed): run}, {missing RM: command}, device, dtype)."""
+    given = given_options()
+    if cfg.get("rm"):
+        cfg = with_external_rms(cfg, given)
     device, dtype = start_step(cfg)
-    runs, missing = find_runs(cfg, objectives, cfg["seed"])
+    runs, missing = find_runs(cfg, cfg["objective"] if objectives is None else objectives, cfg["seed"])
     if missing and not (missing_ok and runs):
         raise RMTError(missing_message(missing))
     if missing:
         say(missing_message(missing))
-    return with_training_data(cfg, runs, given_options()), runs, missing, device, dtype
+    return with_training_data(cfg, runs, given), runs, missing, device, dtype
 
 
 def load_bench(cfg: dict) -> tuple[dict[str, Task], Bench]:

@@ -7,6 +7,9 @@
 #   e.g.  bash run_all.sh --preset small SEEDS="0 1" ABLATE_ARGS="--tau 10"
 #   MODELS="a b" runs the six steps for each backbone in turn, then experiments/grid.py over them (the paper preset:
 #   its six backbones); MODEL=a runs that one backbone alone.
+#   RMS="helpful=DIR harmless=DIR mixed=DIR" (any of them; a folder or a hub id) skips training and analyses those
+#   RMs trained elsewhere (fewer than three: shared.py --within the first, no conflict); MODEL= then is their
+#   backbone (for the change method) or a label.
 #   --force STEP (train, behaviour, neurons, ablate, shared, conflict) redoes that step's work even where it is done.
 # Every step skips what is already done with the same settings, so an interrupted run continues where it stopped; a
 # backbone that fails is named at the end, after the others have run.
@@ -165,6 +168,33 @@ if [ "$gpus" -gt 1 ]; then
   echo "== $gpus GPUs visible: training through accelerate launch on all of them =="
 fi
 
+external() {  # RMS="helpful=SRC ...": the analysis steps on RMs trained elsewhere (no training); stops at the first failure
+  local rm_args=() roles=() label=() shared_args=()
+  for rm in $RMS; do rm_args+=(--rm "$rm"); roles+=("${rm%%=*}"); done
+  if [ -n "$model_given" ]; then label=(--model "$MODEL"); fi
+  LOGS=results/logs/${MODEL:-rms}
+  mkdir -p "$LOGS"
+  # shellcheck disable=SC2086  # the *_ARGS settings are word lists
+  run_step 2 behaviour "$PY" experiments/behaviour.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $BENCH_ARGS || return 1
+  run_step 3 neurons "$PY" experiments/neurons.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
+    || return 1
+  run_step 4 ablate "$PY" experiments/ablate.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+    $ABLATE_ARGS || return 1
+  # the paper's comparison needs all three RM types; with fewer, each RM's own helpful vs harmless neurons
+  if [ "${#roles[@]}" -lt 3 ]; then shared_args=(--within "${roles[0]}"); fi
+  # shellcheck disable=SC2086
+  run_step 5 shared "$PY" experiments/shared.py "${label[@]}" "${rm_args[@]}" "${shared_args[@]}" $COMMON_ARGS \
+    $DATA_ARGS $BENCH_ARGS $SHARED_ARGS || return 1
+  if [ "${#roles[@]}" -lt 3 ]; then
+    echo "== 6/6 conflict skipped: its sets need the helpful and harmless RMs' neurons beside the mixed RM (RMS names" \
+         "${roles[*]}) =="
+    return 0
+  fi
+  # shellcheck disable=SC2086
+  run_step 6 conflict "$PY" experiments/conflict.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS \
+    $CONFLICT_ARGS || return 1
+}
+
 backbone() {  # the six steps of one backbone; stops at the first that fails
   LOGS=results/logs/$MODEL
   mkdir -p "$LOGS"
@@ -181,6 +211,20 @@ backbone() {  # the six steps of one backbone; stops at the first that fails
   run_step 6 conflict "$PY" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
     $CONFLICT_ARGS || return 1
 }
+
+if [ -n "${RMS:-}" ]; then
+  if [ -n "$models_given" ] || { [ -n "$model_given" ] && [ "${#BACKBONES[@]}" -gt 1 ]; }; then
+    echo "run_all.sh: RMS analyses one set of RMs trained elsewhere; MODEL=LABEL (or the backbone) names it, MODELS" \
+         "does not apply" >&2
+    exit 2
+  fi
+  if [ -z "$model_given" ]; then MODEL=""; fi
+  echo "== RMs trained elsewhere: $RMS (training skipped) =="
+  external || exit 1
+  echo "== done in $(( $(date +%s) - started )) s: results/ (report: results/<label>/report.md, the label printed" \
+       "by the steps above) =="
+  exit 0
+fi
 
 if [ "${#BACKBONES[@]}" -eq 1 ]; then
   MODEL=${BACKBONES[0]}

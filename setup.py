@@ -30,7 +30,8 @@ REQUIREMENTS = [
     "matplotlib",
     "gguf",
 ]
-TEST_REQUIREMENTS = ["pytest"]
+# trl: tests/test_external_rms.py trains a tiny RM with TRL's RewardTrainer (an RM made by another tool)
+TEST_REQUIREMENTS = ["pytest", "trl>=1.0"]
 
 
 def extension_modules():

@@ -4,6 +4,8 @@
     python experiments/ablate.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256 --ablation mean \\
         --method magnitude --tau 10
     python experiments/ablate.py --model gpt2-medium --tau 10
+    python experiments/ablate.py --rm harmless=runs/tiny-gpt2/harmless/seed0/rm --rm helpful=runs/tiny-gpt2/helpful/seed0/rm \\
+        --model own --tau 10 --data-dir data/demo/hh-rlhf --bench demo             # RMs given by path (any folder)
     python experiments/ablate.py --model smollm2-135m-instruct-q4 --data-dir ../shared/data/hh-rlhf \\
         --train-split test --eval-fraction 0.2 --bench ../shared/data/xstest/converted --max-items 50 --tau 10
 
@@ -50,10 +52,11 @@ TABLES = (("table2_harmless", "harmless", "Harmlessness-oriented tasks"),
 
 @common.step()
 @common.rm_options
+@common.reading_options
 @common.ablation_step_options(methods=common.PAPER_METHODS)
 @click.option("--force", is_flag=True, help="Rescore the ablated RMs even where cached ablated scores exist.")
 def main(**cfg):
-    cfg, runs, _, device, dtype = common.start_analysis(cfg, cfg["objective"])
+    cfg, runs, _, device, dtype = common.start_analysis(cfg)
     out = common.step_dir(cfg["results_dir"], cfg["model"], "ablate", cfg["site"])
 
     # load
@@ -99,7 +102,7 @@ def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> d
     folder = common.neuron_dir(run, cfg["site"])
     common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"], folder, pairs,
                                 device, dtype, keys=common.NEURON_IDENTITY)
-    model, tokenizer = common.load_reward_model(run / "rm", device)
+    model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
     if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
         click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
     tokenizer = common.MemoTokenizer(tokenizer)  # every configuration scores the same texts: tokenise them once
@@ -113,7 +116,8 @@ def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> d
     items = common.cap_items(common.held_out_items(objective, cfg), cfg["max_items"]) + list(bench_items)
 
     started = time.perf_counter()
-    base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, run, desc=f"{tag} plain")
+    base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype,
+                              common.own_scores_home(run), desc=f"{tag} plain")
     timing = {"items": len(items), "plain_seconds": round(time.perf_counter() - started, 2), "configs": {}}
     ablated, rows = {}, {}
     for (method, tau), intervention in sets.items():
@@ -302,12 +306,11 @@ def beside_the_paper(tables, objectives) -> str:
 
 def report_section(cfg, runs, bench, tables, heldout, method, tau, objectives) -> str:
     folder = common.step_folder("ablate", cfg["site"])
-    rms = ", ".join(f"{o} (seeds {', '.join(str(s) for oo, s in runs if oo == o)})" for o in objectives)
     sampled = f" (at most {cfg['max_items']} per task, a seeded subsample)" if cfg["max_items"] else ""
     chosen = "the paper's" if (method, tau) == ("magnitude", 10.0) else \
         "τ = 10 and magnitude were not both swept, so the first asked for"
     lines = ["## Ablation (paper §4)\n",
-             f"RMs of `{cfg['model']}`: {rms}. Each RM ablates its OWN top-τ % MLP neurons (site `{cfg['site']}`, "
+             f"{common.rms_sentence(cfg, runs, objectives)}. Each RM ablates its OWN top-τ % MLP neurons (site `{cfg['site']}`, "
              f"{cfg['ablation']}-ablation at every token position) for each method ({', '.join(cfg['method'])}) and "
              f"τ ∈ {{{', '.join(f'{t:g}' for t in cfg['tau'])}}} %, and is evaluated before and after on its held-out "
              f"HH-RLHF pairs and on {len(bench.items)} benchmark items{sampled} "

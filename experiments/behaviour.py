@@ -5,6 +5,7 @@ Tables 1, 11, 12, 15): accuracy per task and objective group, behavioural retent
     python experiments/behaviour.py --model tiny-gpt2 --bench demo --bench ../shared/data/xstest/converted \\
         --bench ../shared/data/rm-bench/converted
     python experiments/behaviour.py --model gpt2-medium --bench rewardbench --bench rewardbench2 --bench rm-bench
+    python experiments/behaviour.py --rm mixed=runs/tiny-gpt2/mixed/seed0/rm --model own --bench demo   # by path
 
 Scores every trained RM of the backbone (each objective and seed under --runs-dir, or those named) on the items
 of every --bench, reusing the RM's score cache where it still fits; --max-length defaults to what the RMs'
@@ -34,6 +35,7 @@ SINGLE = ("helpful", "harmless")
 
 @common.step()
 @common.rm_options
+@common.reading_options
 @common.results_option
 @common.bench_option
 @common.max_items_option
@@ -41,7 +43,7 @@ SINGLE = ("helpful", "harmless")
 @click.option("--force", is_flag=True, help="Rescore every item even where cached scores exist.")
 def main(**cfg):
     # RMs that are missing are named; the tables go on without them and say what is skipped
-    cfg, runs, missing, device, dtype = common.start_analysis(cfg, cfg["objective"], missing_ok=True)
+    cfg, runs, missing, device, dtype = common.start_analysis(cfg, missing_ok=True)
     out = common.step_dir(cfg["results_dir"], cfg["model"], "behaviour")
 
     # load
@@ -106,8 +108,8 @@ def write_tables(out: Path, tables: dict):
 
 
 def score_run(cfg, run: Path, items, device, dtype):
-    model, tokenizer = common.load_reward_model(run / "rm", device)
-    return common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, cache_parent=run,
+    model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
+    return common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, cache_parent=common.own_scores_home(run),
                               desc=f"{run.parent.name} {run.name}", force=cfg["force"])
 
 
@@ -480,11 +482,9 @@ def fig3_calibration(calibration, subsets, tasks, path: Path):
 
 
 def report_section(cfg, runs, missing, bench, counts, tables) -> str:
-    rms = ", ".join(f"{o} (seeds {', '.join(map(str, seeds_of(runs, o)))})" for o in cfg["objective"]
-                    if seeds_of(runs, o))
     sampled = f" (at most {cfg['max_items']} per task, a seeded subsample)" if cfg["max_items"] else ""
     lines = ["## Behaviour (paper §3)\n",
-             f"RMs of `{cfg['model']}`: {rms}. Benchmarks: {', '.join(f'`{b}`' for b in cfg['bench'])} — "
+             f"{common.rms_sentence(cfg, runs, cfg['objective'])}. Benchmarks: {', '.join(f'`{b}`' for b in cfg['bench'])} — "
              f"{len(counts)} tasks, {sum(counts.values())} items{sampled}. An item is correct when every chosen "
              "response scores strictly above every rejected one (for RM-Bench's 3 × 3 style variants that is "
              "stricter than RM-Bench's own metric: the paper's RM-Bench numbers are the `normal` official scores "

@@ -70,6 +70,7 @@ FDR_RULE = f"rejected by Benjamini–Hochberg at q = {FDR_Q:g} over all neurons 
 
 @common.step()
 @common.rm_options
+@common.reading_options
 @common.results_option
 @common.hh_data_options
 @common.method_option(default=("magnitude",))
@@ -82,7 +83,7 @@ FDR_RULE = f"rejected by Benjamini–Hochberg at q = {FDR_Q:g} over all neurons 
                    "Benjamini–Hochberg over all neurons can find.")
 @click.option("--force", is_flag=True, help="Recompute conflict.h5 even where an up-to-date one exists.")
 def main(**cfg):
-    cfg, runs, _, device, dtype = common.start_analysis(cfg, cfg["objective"])
+    cfg, runs, _, device, dtype = common.start_analysis(cfg)
     pairs = common.training_pairs(cfg, GROUPS)
     for seed in cfg["seed"]:  # the helpful batches are the test's units: too few can never reach α, so say it now
         check_batches(len(common.scoring_pairs(pairs, cfg, "helpful", seed)), cfg["batch_size"])
@@ -111,6 +112,7 @@ _GATED_PARAMETERS = (("mlp.gate_proj", "mlp.up_proj"), 0, 1)
 NEURON_PARAMETERS = {"gpt2": (("mlp.c_fc",), 1, 0), "llama": _GATED_PARAMETERS, "qwen2": _GATED_PARAMETERS,
                      "mistral": _GATED_PARAMETERS, "gemma2": _GATED_PARAMETERS,
                      "gpt_neox": (("mlp.dense_h_to_4h",), 0, 1)}
+NEURON_PARAMETERS["gpt_neox_reward_model"] = NEURON_PARAMETERS["gpt_neox"]  # OpenAssistant's RMs
 
 
 def neuron_parameters(model) -> list[list[tuple[torch.nn.Parameter, int]]]:
@@ -302,7 +304,7 @@ def benjamini_hochberg(p: numpy.ndarray, q: float = FDR_Q) -> numpy.ndarray:
 # ---------------------------------------------------------------------------------------------
 def conflict_settings(cfg, run: Path, pairs: dict, max_length: int, dtype, batches: int) -> dict:
     return {"model": cfg["model"], "rm_weights": common.rm_fingerprint(run / "rm"),
-            **common.pair_settings(cfg, *pairs.values()), "max_length": max_length, "dtype": str(dtype),
+            "reading": common.rm_reading(cfg, run / "rm"), **common.pair_settings(cfg, *pairs.values()), "max_length": max_length, "dtype": str(dtype),
             # the batches are the test's units, so the batch size shapes the p-values; the draws only matter
             # where the patterns are sampled
             "batch_size": cfg["batch_size"], "draws": "exact" if batches <= EXACT_MAX_BATCHES else cfg["draws"],
@@ -317,9 +319,7 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, 
     """Write (or reuse) one RM's conflict.h5, on the helpful and harmless pairs of `training` (as
     common.training_pairs gives them); returns a line for run.json."""
     tag = f"[{objective} seed {seed}]"
-    from transformers import AutoConfig
-
-    max_length = min(cfg["max_length"], common.context_length(AutoConfig.from_pretrained(run / "rm")))
+    max_length = min(cfg["max_length"], common.saved_context_length(run / "rm", cfg["trust_remote_code"]))
     pairs = {name: common.scoring_pairs(training, cfg, name, seed) for name in GROUPS}
     helpful_batches = math.ceil(len(pairs["helpful"]) / cfg["batch_size"])
     settings = conflict_settings(cfg, run, pairs, max_length, dtype, helpful_batches)
@@ -327,7 +327,7 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, 
     if common.reuse(path, common.h5_settings, settings, force=cfg["force"], tag=f"{tag} "):
         click.echo(f"{tag} {path} up to date", err=True)
         return {"objective": objective, "seed": seed, "reused": True}
-    model, tokenizer = common.load_reward_model(run / "rm", device)
+    model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
 
     def gradients(name, direction=None):
         if not pairs[name]:
@@ -412,10 +412,10 @@ def neuron_sets(cfg, seed, method) -> tuple[dict[str, numpy.ndarray] | None, dic
     seed (site act), or (None, {}, why not, with the command that makes what is missing or stale)."""
     masks, problems = {}, []
     for objective in ("helpful", "harmless"):
-        run = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
         remake = common.neurons_command({**cfg, "site": "act"}, objective, seed, [method])
-        path = common.neuron_dir(run, "act") / f"{method}.h5"
         try:
+            run = common.run_of(cfg, objective, seed)
+            path = common.neuron_dir(run, "act") / f"{method}.h5"
             problem = common.rm_problem(run)
             if problem:
                 raise common.RMTError(problem)
@@ -431,15 +431,15 @@ def neuron_sets(cfg, seed, method) -> tuple[dict[str, numpy.ndarray] | None, dic
     return {**common.partitions(H, A), "rest": ~(H | A)}, hashes, ""
 
 
-def group_deltas(cfg, run: Path, method: str, hashes: dict) -> tuple[dict | None, str]:
+def group_deltas(cfg, run: Path, seed: int, method: str, hashes: dict) -> tuple[dict | None, str]:
     """({(partition, group): Δ}, "") from shared.py's partition file beside the mixed RM `run` (zero-ablation, site
     act) for this method and τ — per group the mean over its benchmark tasks (held-out HH-RLHF pairs excluded, as
     shared.py's Table 4) — when it was made in this RM from the same H and A; else (None, why, with the shared.py
     command that remakes it)."""
     path = common.partitions_path(run, "act", "zero")
     configuration = f"{method}-tau{cfg['tau']:g}"
-    seed = int(run.name.removeprefix("seed"))
-    remake = shlex.join(["python", "experiments/shared.py", "--model", cfg["model"], "--seed", str(seed),
+    remake = shlex.join(["python", "experiments/shared.py", "--model", cfg["model"],
+                         *common.rm_words(cfg, None, seed),
                          "--runs-dir", str(cfg["runs_dir"]), "--results-dir", str(cfg["results_dir"]),
                          "--method", method, "--tau", f"{cfg['tau']:g}"])
 
@@ -450,7 +450,8 @@ def group_deltas(cfg, run: Path, method: str, hashes: dict) -> tuple[dict | None
         return {**stored["settings"], **{k: v for k, v in stored["configurations"].get(configuration, {}).items()
                                          if k != "rows"}}
 
-    wanted = {"rm_weights": common.rm_fingerprint(run / "rm"), "site": "act", **hashes}
+    wanted = {"rm_weights": common.rm_fingerprint(run / "rm"), "reading": common.rm_reading(cfg, run / "rm"),
+              "site": "act", **hashes}
     try:
         common.reuse(path, recorded, wanted, keys=wanted, remake=remake)
         rows = stored["configurations"][configuration]["rows"]
@@ -493,7 +494,7 @@ def write_results(cfg, runs, out: Path) -> list[str]:
             set_rows += set_table(cfg, data, seed, method, sets, sets_for_plot)
             if ("mixed", seed) not in data:
                 continue
-            deltas, why = group_deltas(cfg, runs["mixed", seed], method, hashes)
+            deltas, why = group_deltas(cfg, runs["mixed", seed], seed, method, hashes)
             if deltas is None:
                 notes.append(f"seed {seed}, {method}: the partition table is skipped: {why}")
                 continue

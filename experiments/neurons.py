@@ -39,6 +39,7 @@ SHARE_KS = (1, 5, 10)  # top-k agreement of |predicted| and |measured| among the
 
 @common.step()
 @common.rm_options
+@common.reading_options
 @common.results_option
 @common.hh_data_options
 @common.method_option()
@@ -54,7 +55,7 @@ SHARE_KS = (1, 5, 10)  # top-k agreement of |predicted| and |measured| among the
 @click.option("--validate-pairs", type=click.IntRange(min=1), default=16,
               help="Scoring pairs (a seeded subsample) the attribution validation predicts and ablates on.")
 def main(**cfg):
-    cfg, runs, _, device, dtype = common.start_analysis(cfg, cfg["objective"])
+    cfg, runs, _, device, dtype = common.start_analysis(cfg)
     out = common.step_dir(cfg["results_dir"], cfg["model"], "neurons", cfg["site"])
     # the validation reads the attribution's file, made with the others where it is missing
     methods = tuple(dict.fromkeys(cfg["method"] + (("attribution",) if cfg["validate_attribution"] else ())))
@@ -205,7 +206,7 @@ def validate_attribution(cfg, objective, seed, run, neurons: common.NeuronFile, 
     the unit zero-ablated at every token, common.ablation_hooks), both means over those pairs; `predicted_all_pairs`
     is attribution.h5's `signed` (mean over all scoring pairs), `neurons` that file read."""
     # load
-    model, tokenizer = common.load_reward_model(run / "rm", device)
+    model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
     score, recorded = neurons.score, neurons.extra["signed"]
     pairs = common.subsample(common.scoring_pairs(pairs, cfg, objective, seed), cfg["validate_pairs"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))

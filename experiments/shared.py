@@ -8,6 +8,8 @@ Table 4, Tables 17–19).
         --train-split test --eval-fraction 0.2 --max-pairs 600 --bench ../shared/data/xstest/converted --max-items 50
     python experiments/shared.py --model gpt2-medium --seed 0 --seed 1 --seed 2
     python experiments/shared.py --model tiny-gpt2 --within mixed --data-dir data/demo/hh-rlhf --max-length 256
+    python experiments/shared.py --rm mixed=runs/tiny-gpt2/mixed/seed0/rm --model own --within mixed \\
+        --data-dir data/demo/hh-rlhf --max-length 256                              # an RM given by path
 
 Needs the helpful, harmless and mixed RMs of every --seed (a missing one is named with its train.py command; with
 --within, that one RM), so it has no --objective. Per seed, H, A and M are the top-τ % neurons (exact count, global
@@ -74,6 +76,7 @@ TAU_CURVE = tuple(float(t) for t in range(1, 31))
 
 @common.step()
 @common.backbone_options
+@common.reading_options
 @common.ablation_step_options(methods=("magnitude",))
 @click.option("--within", type=click.Choice(common.OBJECTIVES), default=None,
               help="The tension inside ONE RM (beyond the paper): H and A are this RM's top-τ neurons scored on the "
@@ -219,7 +222,7 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
     and its control ablated in the mixed RM, or the --within RM (each cached on its own)."""
     rm_type = cfg["within"] or "mixed"
     run = runs[rm_type, seed]
-    model, tokenizer = common.load_reward_model(run / "rm", device)
+    model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
     if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
         click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
     tokenizer = common.MemoTokenizer(tokenizer)  # every set scores the same texts: tokenise them once
@@ -229,7 +232,7 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
     overlap_rows, curve_rows, layer_rows, sets, set_hashes = neuron_sets(cfg, seed, files)
 
     started = time.perf_counter()
-    base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, run,
+    base = common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, common.own_scores_home(run),
                               desc=f"{rm_type} seed {seed} plain")
     timing = {"items": len(items), "plain_seconds": round(time.perf_counter() - started, 2), "sets": {}}
     partition_rows, notes = [], []
@@ -296,13 +299,14 @@ PARTITION_FIELDS = ("partition", "neurons", "task", "group", "items", "accuracy"
 
 def save_partitions(cfg, run, model, items, dtype, rows, set_hashes):
     path = common.partitions_path(run, cfg["site"], cfg["ablation"])
-    settings = {"rm_weights": common.rm_fingerprint(run / "rm"), "site": cfg["site"], "ablation": cfg["ablation"],
+    settings = {"rm_weights": common.rm_fingerprint(run / "rm"), "reading": common.rm_reading(cfg, run / "rm"),
+                "site": cfg["site"], "ablation": cfg["ablation"],
                 "max_length": min(cfg["max_length"], common.context_length(model)), "dtype": str(dtype),
                 "items": hashlib.sha256("".join(f"{i.subset}\x00{i.id}\x00{common.item_hash(i)}\x00"
                                                 for i in items).encode("utf-8")).hexdigest()[:16]}
     try:
         stored = common.read_json(path) if path.exists() else {}
-        kept = stored.get("configurations", {}) if stored.get("settings") == settings else {}
+        kept = stored.get("configurations", {}) if not common.stale_reason(stored.get("settings"), settings) else {}
     except (common.Unreadable, AttributeError):
         stored, kept = {}, {}
     configurations = {**kept, **{f"{method}-tau{tau:g}": {**hashes, "rows": [

@@ -5,6 +5,8 @@
         --data-dir ../shared/data/hh-rlhf --train-split test --eval-fraction 0.2 --max-pairs 600
     python experiments/train.py --model gpt2-medium --seed 0 --seed 1 --seed 2        # the hub, paper setup
     accelerate launch experiments/train.py --model smollm2-360m                       # several GPUs
+    python experiments/train.py --model smollm2-135m-instruct-q4 --objective mixed --template chat \\
+        --data-dir ../shared/data/hh-rlhf --train-split test --max-pairs 400      # through its chat template
 
 Writes <runs-dir>/<model>/<objective>/seed<k>/{rm/, train.json}. An interrupted run resumes from its
 last checkpoint (<run>/checkpoint/) when started again with the same options; a checkpoint made with other
@@ -36,6 +38,7 @@ import common
 @common.step()
 @common.rm_options
 @common.hh_data_options
+@common.template_option("hh")
 @click.option("--max-eval-pairs", type=click.IntRange(min=1), default=500, help="Cap on held-out pairs.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: 2 single-objective, 1 mixed.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, help="Peak learning rate.")
@@ -227,7 +230,7 @@ def build_run(cfg, objective, seed, dtype, data: Data, accelerator) -> Run:
     """A fresh RM, its tokenized pairs, every optimizer step of the run, the optimizer and the schedule."""
     epochs = cfg["epochs"] or (1 if objective == "mixed" else 2)
     token_budget = common.token_budget(cfg["micro_batch_tokens"], accelerator.device)
-    model, tokenizer = common.new_reward_model(cfg["model"], seed)
+    model, tokenizer = common.new_reward_model(cfg["model"], seed, cfg["template"])
     max_length = min(cfg["max_length"], common.context_length(model))  # GPT-2 has 1024 positions
     chosen_ids, rejected_ids = common.encode_pairs(tokenizer, data.train_pairs, max_length)
     prefix, answer = pair_shapes(chosen_ids, rejected_ids)
@@ -276,7 +279,8 @@ def resume(accelerator, checkpoint: Path, run: Run, force: bool, tag: str) -> di
     if found is None:
         return progress
     try:
-        differences = common.stale_reason(common.read_json(found / "options.json"), run.options, keys=run.options)
+        differences = common.stale_reason({"template": "hh", **common.read_json(found / "options.json")}, run.options,
+                                          keys=run.options)  # checkpoints from before --template: HH transcripts
         saved = common.read_json(found / "progress.json")
     except common.Unreadable as err:
         differences = f"a record that cannot be read ({err})"

@@ -34,8 +34,16 @@ CONFIGS = {
 TEXTS = ["\n\nHuman: hi\n\nAssistant: hello", "\n\nHuman: a longer question about cats?\n\nAssistant: sure, cats."]
 
 
+# Rows that reuse another's layout under a reward-model family's own model_type (data/reward_heads.json), tested
+# with that family in tests/test_external_rms.py
+ALIASES = {"gpt_neox_reward_model": "gpt_neox"}
+
+
 def test_every_architecture_row_has_a_config_here_and_its_neurons_own_parameters():
-    assert set(CONFIGS) == set(common.ARCHITECTURES) == set(conflict.NEURON_PARAMETERS)
+    assert set(CONFIGS) | set(ALIASES) == set(common.ARCHITECTURES) == set(conflict.NEURON_PARAMETERS)
+    for alias, layout in ALIASES.items():
+        assert common.ARCHITECTURES[alias] is common.ARCHITECTURES[layout]
+        assert conflict.NEURON_PARAMETERS[alias] is conflict.NEURON_PARAMETERS[layout]
 
 
 @pytest.fixture(params=sorted(CONFIGS))

@@ -68,3 +68,26 @@ def test_a_failing_backbone_is_named_at_the_end_after_the_next_one_ran_and_the_g
     index = (checkout / "results" / "report.md").read_text()
     assert "6 RMs in this grid (2 backbones × 3 objectives × 1 seed): 0 analysed" in index
     assert "tiny-llama mixed seed 3" in index
+
+
+@needs_setup_venv
+def test_rms_analyse_rms_trained_elsewhere_without_training(tmp_path):
+    """RMS="mixed=DIR": no training; behaviour, neurons, ablate and shared --within mixed on that RM; the conflict
+    step, whose sets need the helpful and harmless RMs, says it is skipped."""
+    from conftest import save_tiny_rm
+
+    rm = save_tiny_rm(tmp_path / "elsewhere", "mixed", perturb_seed=3)
+    checkout = tmp_path / "rm-tension"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "results", "build",
+                                                                  "*.egg-info", "__pycache__"))
+    result = subprocess.run(["bash", "run_all.sh", f"RMS=mixed={rm}", "MODEL=mine", "ABLATE_ARGS=--tau 10",
+                             "COMMON_ARGS=--max-length 64", "NEURON_ARGS=--max-pairs 16"], cwd=checkout,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "RMT_VENV": str(VENV)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1/6 train" not in result.stdout and "== 5/6 shared" in result.stdout
+    assert "6/6 conflict skipped" in result.stdout
+    report = (checkout / "results" / "mine" / "report.md").read_text()
+    assert "RMs trained elsewhere (`--rm`" in report and "## The tension inside the mixed RM" in report
+    result = subprocess.run(["bash", "run_all.sh", f"RMS=mixed={rm}", "MODELS=a b"], cwd=checkout,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "RMT_VENV": str(VENV)})
+    assert result.returncode == 2 and "MODELS does not apply" in result.stderr

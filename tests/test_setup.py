@@ -129,11 +129,11 @@ def test_pure_torch_fallback_without_the_extension():
 
 def test_installing_shadows_no_module_named_common_and_keeps_pytest_out_of_the_runtime(setup_py, tmp_path):
     """Issue #18: `pip install -e .` must not put a top-level `common` into site-packages (a name any project may
-    use), and pytest is a test extra, not a runtime requirement."""
+    use), and pytest (and trl) are test extras, not runtime requirements."""
     _, got = setup_py
     assert "py_modules" not in got and got["packages"] == ["rmt_kernels"]
-    assert not any(r.startswith("pytest") for r in got["install_requires"])
-    assert got["extras_require"] == {"test": ["pytest"]}
+    assert not any(r.startswith(("pytest", "trl")) for r in got["install_requires"])
+    assert got["extras_require"] == {"test": ["pytest", "trl>=1.0"]}  # trl: an RM trained by another tool
     found = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('common'))"],
                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
     assert found == "None", f"an installed module shadows `common`: {found}"
