@@ -72,16 +72,81 @@ class Unreadable(RMTError):
     """A stored file that exists but cannot be read (empty, truncated, damaged, not the format it should be)."""
 
 
+# Several processes (torchrun / accelerate launch): every rank runs the same step on its share of the batches
+# (rank r takes batches r, r + N, …), the additive results are summed or gathered over the ranks, so every rank then
+# holds the whole result, and rank 0 alone writes each file; every write is a meeting point of all ranks (before it,
+# so no rank decides on a file another is replacing; after it, so none reads one not yet renamed into place).
+def start_processes(device: torch.device) -> None:
+    """Join the process group torchrun / accelerate launch describe (WORLD_SIZE > 1), once: gloo on CPU, nccl on
+    CUDA with each rank on its LOCAL_RANK's GPU."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def my_share(batches: Iterable) -> Iterator:
+    """This rank's batches of a pass: every N-th, starting at its rank (all of them in one process)."""
+    import itertools
+
+    rank, world = rank_and_world()
+    return itertools.islice(batches, rank, None, world)
+
+
+def sum_over_ranks(*tensors: torch.Tensor) -> None:
+    """Each tensor, in place, the sum of every rank's (nothing in one process)."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def gather_over_ranks(obj) -> list:
+    """Every rank's `obj`, in rank order ([obj] in one process)."""
+    import torch.distributed as dist
+
+    world = rank_and_world()[1]
+    if world == 1:
+        return [obj]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def share_count(total: int | None) -> int | None:
+    """How many of `total` batches my_share gives this rank."""
+    rank, world = rank_and_world()
+    return None if total is None else len(range(rank, total, world))
+
+
+def all_ranks_here() -> None:
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
 def say(message: str) -> None:
-    """One line for the user, on stderr beside the progress bars."""
-    print(message, file=sys.stderr, flush=True)
+    """One line for the user, on stderr beside the progress bars (rank 0's only)."""
+    if rank_and_world()[0] == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def progress(iterable, **kwargs):
     """A tqdm bar that also shows in a log file (tqdm's default hides itself when stderr is not a terminal): there
-    it writes a line every 30 s instead of redrawing."""
+    it writes a line every 30 s instead of redrawing. Rank 0's only."""
     tty = sys.stderr.isatty()
-    return tqdm(iterable, leave=tty, mininterval=0.1 if tty else 30, file=sys.stderr, **kwargs)
+    return tqdm(iterable, leave=tty, mininterval=0.1 if tty else 30, file=sys.stderr,
+                disable=rank_and_world()[0] != 0, **kwargs)
 
 
 def current_umask() -> int:
@@ -127,8 +192,15 @@ def remove_dead_temporaries(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. With several ranks,
+    all of them meet here before and after, and only rank 0's file is kept."""
     path = Path(path)
+    all_ranks_here()
+    if rank_and_world()[0] != 0:
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        all_ranks_here()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
@@ -140,6 +212,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    all_ranks_here()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -268,14 +341,22 @@ def reuse(path: Path, read_settings: Callable[[Path], dict | None], wanted: dict
 
 
 def run_record(config: dict) -> dict:
-    """The resolved config, the command line and the package versions, saved beside every output."""
+    """The resolved config, the command line, the package versions and the processes (each rank takes every
+    world_size-th batch of every pass, from its rank), saved beside every output."""
     versions = {}
     for pkg in ("torch", "transformers", "accelerate", "datasets", "h5py", "numpy"):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"config": config, "command": [sys.executable, *sys.argv], "versions": versions}
+    record = {"config": config, "command": [sys.executable, *sys.argv], "versions": versions}
+    world = rank_and_world()[1]
+    if world > 1:
+        import torch.distributed as dist
+
+        record["processes"] = {"world_size": world, "backend": dist.get_backend(), "share": [f"rank {r}: batches {r}, {r + world}, {r + 2 * world}, … of every pass"
+                                         for r in range(world)]}
+    return record
 
 
 def pair_hash(*texts: str) -> int:
@@ -625,7 +706,12 @@ def gguf_checkpoint(name: str) -> Path:
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     share_permissions(tmp)  # mkdtemp and safetensors make owner-only files
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process (a rank of the same step) made it meanwhile
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -1395,20 +1481,26 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
                 hooks: contextlib.AbstractContextManager | None = None,
                 on_batch: Callable[[list[int], torch.Tensor], None] | None = None) -> list[float]:
     """Reward of every text, in input order. Length-sorted batches keep padding small; `on_batch(indices,
-    attention_mask)` is called before each forward so hooks know which rows and tokens they are seeing."""
+    attention_mask)` is called before each forward so hooks know which rows and tokens they are seeing. With
+    several ranks each scores its share of the batches (the same batches as one process, so the same numbers) and
+    every rank gets every score."""
     ids = encode(tokenizer, texts, max_length)
     scores = [0.0] * len(texts)
     model.eval()
+    batches = length_sorted_batches([len(s) for s in ids], batch_size)
+    mine = []
     with hooks or contextlib.nullcontext():
-        for batch in progress(length_sorted_batches([len(s) for s in ids], batch_size), desc=desc, unit="batch"):
+        for batch in progress(list(my_share(batches)), desc=desc, unit="batch"):
             input_ids, mask = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id)
             input_ids, mask = input_ids.to(device), mask.to(device)
             if on_batch is not None:
                 on_batch(batch, mask)
             with autocast(device, dtype):
                 values = rewards(model, input_ids, mask).tolist()
-            for i, value in zip(batch, values):
-                scores[i] = value
+            mine += zip(batch, values)
+    for part in gather_over_ranks(mine):
+        for i, value in part:
+            scores[i] = value
     return scores
 
 
@@ -1701,13 +1793,14 @@ class ScoringPass:
         self.base_acts = {}
 
     def run(self, batches, device, dtype, total=None, desc="neurons"):
-        """Accumulate over `batches` as made by pair_batches."""
+        """Accumulate over `batches` as made by pair_batches (this rank's share of them; then the sums of all)."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
             stack.enter_context(mlp_hooks(self.model, self.site, self.record))
             if self.base is not None:
                 stack.enter_context(mlp_hooks(self.base, self.site, self.keep_base))
-            for batch, input_ids, mask in progress(batches, total=total, desc=desc, unit="batch"):
+            for batch, input_ids, mask in progress(my_share(batches), total=share_count(total), desc=desc,
+                                                   unit="batch"):
                 input_ids, mask = input_ids.to(device), mask.to(device)
                 self.start_batch(batch, mask)
                 with autocast(device, dtype):
@@ -1715,6 +1808,9 @@ class ScoringPass:
                         self.base.base_model(input_ids=input_ids, attention_mask=mask)
                     self.model.base_model(input_ids=input_ids, attention_mask=mask)
                 self.pair_sq.append((self.batch, self.batch_sq.cpu()))
+        stats = [*self.act.values(), *(self.diff or {}).values()]
+        sum_over_ranks(*(tensor for group in stats for tensor in group.values()))
+        self.pair_sq = [entry for part in gather_over_ranks(self.pair_sq) for entry in part]
 
     def start_batch(self, batch, mask):
         n = len(batch)
@@ -1780,7 +1876,8 @@ class AttributionPass:
 
         self.model.eval()
         with torch.enable_grad(), mlp_hooks(self.model, self.site, keep):
-            for batch, batch_ids, batch_mask in progress(batches, total=total, desc=desc, unit="batch"):
+            for batch, batch_ids, batch_mask in progress(my_share(batches), total=share_count(total), desc=desc,
+                                                         unit="batch"):
                 for input_ids, mask, n in pair_micro_batches(batch_ids, batch_mask, len(batch), token_budget):
                     input_ids, mask = input_ids.to(device), mask.to(device)
                     with autocast(device, dtype):
@@ -1793,6 +1890,9 @@ class AttributionPass:
                         self.delta_sum[layer] -= (acts[layer].detach().double() * grad.double() * real).sum(dim=(0, 1))
                     self.pairs += n
                     acts.clear()
+        pairs = torch.tensor([self.pairs], dtype=torch.float64, device=self.delta_sum.device)
+        sum_over_ranks(self.delta_sum, pairs)
+        self.pairs = int(pairs.item())
 
     def signed(self) -> torch.Tensor:
         """Mean predicted Δm per neuron over the pairs (negative: zero-ablating it lowers the margin)."""
@@ -2844,6 +2944,7 @@ def start_analysis(cfg: dict, objectives: Sequence[str] | None = None, missing_o
     if cfg.get("rm"):
         cfg = with_external_rms(cfg, given)
     device, dtype = start_step(cfg)
+    start_processes(device)
     runs, missing = find_runs(cfg, cfg["objective"] if objectives is None else objectives, cfg["seed"])
     if missing and not (missing_ok and runs):
         raise RMTError(missing_message(missing))
@@ -2873,6 +2974,8 @@ class Step(click.Command):
     file is written atomically)."""
 
     def invoke(self, ctx):
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 alone reports (errors still show)
+            sys.stdout = open(os.devnull, "w")
         for param in self.params:
             if param.multiple and isinstance(ctx.params.get(param.name), tuple):
                 ctx.params[param.name] = tuple(dict.fromkeys(ctx.params[param.name]))

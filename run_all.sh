@@ -160,12 +160,17 @@ run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output al
   fi
 }
 
-# Several visible GPUs: training runs under accelerate's DDP, one process per GPU (the analysis steps use one).
+# Several visible GPUs: training runs under accelerate's DDP and every analysis step under torchrun, one process
+# per GPU, each taking its share of the batches (NPROC=N sets the number of processes; NPROC=1 one process).
+# (On a CPU, NPROC=2 runs the analysis steps in 2 processes; training stays in one there.)
 TRAIN=("$PY")
+ANALYSE=("$PY")
 gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-if [ "$gpus" -gt 1 ]; then
-  TRAIN=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes "$gpus")
-  echo "== $gpus GPUs visible: training through accelerate launch on all of them =="
+NPROC=${NPROC:-$(( gpus > 1 ? gpus : 1 ))}
+if [ "$NPROC" -gt 1 ]; then
+  if [ "$gpus" -gt 1 ]; then TRAIN=("$PY" -m accelerate.commands.launch --multi_gpu --num_processes "$NPROC"); fi
+  ANALYSE=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
+  echo "== $NPROC processes: the analysis steps through torchrun (training: accelerate launch on several GPUs, else one) =="
 fi
 
 external() {  # RMS="helpful=SRC ...": the analysis steps on RMs trained elsewhere (no training); stops at the first failure
@@ -175,15 +180,15 @@ external() {  # RMS="helpful=SRC ...": the analysis steps on RMs trained elsewhe
   LOGS=results/logs/${MODEL:-rms}
   mkdir -p "$LOGS"
   # shellcheck disable=SC2086  # the *_ARGS settings are word lists
-  run_step 2 behaviour "$PY" experiments/behaviour.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $BENCH_ARGS || return 1
-  run_step 3 neurons "$PY" experiments/neurons.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
+  run_step 2 behaviour "${ANALYSE[@]}" experiments/behaviour.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $BENCH_ARGS || return 1
+  run_step 3 neurons "${ANALYSE[@]}" experiments/neurons.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
     || return 1
-  run_step 4 ablate "$PY" experiments/ablate.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+  run_step 4 ablate "${ANALYSE[@]}" experiments/ablate.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
     $ABLATE_ARGS || return 1
   # the paper's comparison needs all three RM types; with fewer, each RM's own helpful vs harmless neurons
   if [ "${#roles[@]}" -lt 3 ]; then shared_args=(--within "${roles[0]}"); fi
   # shellcheck disable=SC2086
-  run_step 5 shared "$PY" experiments/shared.py "${label[@]}" "${rm_args[@]}" "${shared_args[@]}" $COMMON_ARGS \
+  run_step 5 shared "${ANALYSE[@]}" experiments/shared.py "${label[@]}" "${rm_args[@]}" "${shared_args[@]}" $COMMON_ARGS \
     $DATA_ARGS $BENCH_ARGS $SHARED_ARGS || return 1
   if [ "${#roles[@]}" -lt 3 ]; then
     echo "== 6/6 conflict skipped: its sets need the helpful and harmless RMs' neurons beside the mixed RM (RMS names" \
@@ -191,7 +196,7 @@ external() {  # RMS="helpful=SRC ...": the analysis steps on RMs trained elsewhe
     return 0
   fi
   # shellcheck disable=SC2086
-  run_step 6 conflict "$PY" experiments/conflict.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS \
+  run_step 6 conflict "${ANALYSE[@]}" experiments/conflict.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS \
     $CONFLICT_ARGS || return 1
 }
 
@@ -201,14 +206,14 @@ backbone() {  # the six steps of one backbone; stops at the first that fails
   # shellcheck disable=SC2086  # the *_ARGS settings are word lists
   run_step 1 train "${TRAIN[@]}" experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
     $TRAIN_ARGS || return 1
-  run_step 2 behaviour "$PY" experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS || return 1
-  run_step 3 neurons "$PY" experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
+  run_step 2 behaviour "${ANALYSE[@]}" experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS || return 1
+  run_step 3 neurons "${ANALYSE[@]}" experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
     || return 1
-  run_step 4 ablate "$PY" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+  run_step 4 ablate "${ANALYSE[@]}" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
     $ABLATE_ARGS || return 1
-  run_step 5 shared "$PY" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+  run_step 5 shared "${ANALYSE[@]}" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
     $SHARED_ARGS || return 1
-  run_step 6 conflict "$PY" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
+  run_step 6 conflict "${ANALYSE[@]}" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
     $CONFLICT_ARGS || return 1
 }
 

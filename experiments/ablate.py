@@ -104,7 +104,7 @@ def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> d
                                 device, dtype, keys=common.NEURON_IDENTITY)
     model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
     if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
-        click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
+        common.say(f"note: {common.MEAN_AT_ACT_NOTE}")
     tokenizer = common.MemoTokenizer(tokenizer)  # every configuration scores the same texts: tokenise them once
     sets = {}
     for method in cfg["method"]:

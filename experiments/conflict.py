@@ -93,7 +93,7 @@ def main(**cfg):
                 for (objective, seed), run in runs.items()]
     notes = write_results(cfg, runs, out)
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        common.say(f"note: {note}")
     common.write_json(out / "run.json", {**common.run_record({**cfg, "device": str(device), "dtype": str(dtype)}),
                                          "rms": computed, "notes": notes})
     report = common.write_report(cfg["results_dir"], cfg["model"])
@@ -168,7 +168,8 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
     layer in that order, batches as common.pair_batches makes them (each in forwards of at most `token_budget`
     tokens). With `direction` (unit_directions of another objective's gradients), also every batch's SUMMED
     gradient projected on it per neuron, from the same backward: [batches, layers, d_mlp] float64 on the CPU.
-    Returns (grads, projections or None, pairs)."""
+    Returns (grads, projections or None, pairs). With several ranks each takes its share of the batches; the sums
+    are added and the projections gathered in batch order, so every rank returns what one process would."""
     layout = neuron_parameters(model)
     params = [p for layer in layout for p, _ in layer]
     axes = neuron_axes(model)
@@ -182,7 +183,8 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
     pairs = 0
     model.eval()
     with torch.enable_grad():
-        for batch, batch_ids, batch_mask in common.progress(batches, total=total, desc=desc, unit="batch"):
+        for index, (batch, batch_ids, batch_mask) in common.progress(
+                common.my_share(enumerate(batches)), total=common.share_count(total), desc=desc, unit="batch"):
             grads = [torch.zeros_like(s) for s in sums]
             for input_ids, mask, n in common.pair_micro_batches(batch_ids, batch_mask, len(batch), token_budget):
                 input_ids, mask = input_ids.to(device), mask.to(device)
@@ -194,11 +196,16 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
             for running, grad in zip(sums, grads):
                 running += grad
             if direction is not None:
-                projections.append(neuron_dots(per_layer(grads), direction, axes))
+                projections.append((index, neuron_dots(per_layer(grads), direction, axes).cpu()))
             pairs += len(batch)
+    counted = torch.tensor([pairs], dtype=torch.float64, device=sums[0].device)
+    common.sum_over_ranks(*sums, counted)
+    pairs = int(counted.item())
+    projections = [p for _, p in sorted((entry for part in common.gather_over_ranks(projections) for entry in part),
+                                        key=lambda entry: entry[0])]
     if not pairs:
         raise common.RMTError("no pairs to take gradients on")
-    return per_layer(s / pairs for s in sums), torch.stack(projections).cpu() if projections else None, pairs
+    return per_layer(s / pairs for s in sums), torch.stack(projections) if projections else None, pairs
 
 
 def per_neuron(a, b, axes):
@@ -325,7 +332,7 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, 
     settings = conflict_settings(cfg, run, pairs, max_length, dtype, helpful_batches)
     path = conflict_path(run)
     if common.reuse(path, common.h5_settings, settings, force=cfg["force"], tag=f"{tag} "):
-        click.echo(f"{tag} {path} up to date", err=True)
+        common.say(f"{tag} {path} up to date")
         return {"objective": objective, "seed": seed, "reused": True}
     model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
 
@@ -352,8 +359,8 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, 
 
     write_conflict(path, cfg, objective, seed, settings, cosine, help_norm, harm_norm, p_value, projections,
                    exact, patterns, pairs_helpful, pairs_harmless)
-    click.echo(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
-               f"harmless pairs in {seconds:.1f} s → {path}", err=True)
+    common.say(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
+               f"harmless pairs in {seconds:.1f} s → {path}")
     return {"objective": objective, "seed": seed, "pairs_helpful": pairs_helpful, "pairs_harmless": pairs_harmless,
             "batches": len(projections), "exact": exact, "seconds": round(seconds, 2)}
 

@@ -224,7 +224,7 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
     run = runs[rm_type, seed]
     model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
     if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
-        click.echo(f"note: {common.MEAN_AT_ACT_NOTE}", err=True)
+        common.say(f"note: {common.MEAN_AT_ACT_NOTE}")
     tokenizer = common.MemoTokenizer(tokenizer)  # every set scores the same texts: tokenise them once
     files = {(role, m): common.read_neurons(folder / f"{m}.h5", this_command(cfg) if cfg["within"]
                                             else common.neurons_command(cfg, role, seed, [m]), common.mlp_shape(model))
@@ -255,7 +255,7 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
         partition_rows += [{"seed": seed, "method": method, "tau": tau, "partition": name, "neurons": size, **row}
                            for row in common.accuracy_rows(items, scores, tasks, base=base)]
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        common.say(f"note: {note}")
     if not cfg["within"]:  # conflict.py's input is the paper's partitions
         save_partitions(cfg, run, model, items, dtype, partition_rows, set_hashes)
     return {"overlap": overlap_rows, "curve": curve_rows, "layers": layer_rows, "partitions": partition_rows,

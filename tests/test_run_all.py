@@ -72,8 +72,9 @@ def test_a_failing_backbone_is_named_at_the_end_after_the_next_one_ran_and_the_g
 
 @needs_setup_venv
 def test_rms_analyse_rms_trained_elsewhere_without_training(tmp_path):
-    """RMS="mixed=DIR": no training; behaviour, neurons, ablate and shared --within mixed on that RM; the conflict
-    step, whose sets need the helpful and harmless RMs, says it is skipped."""
+    """RMS="mixed=DIR": no training; behaviour, neurons, ablate and shared --within mixed on that RM (NPROC=2: each
+    through torchrun in 2 processes); the conflict step, whose sets need the helpful and harmless RMs, says it is
+    skipped."""
     from conftest import save_tiny_rm
 
     rm = save_tiny_rm(tmp_path / "elsewhere", "mixed", perturb_seed=3)
@@ -81,11 +82,11 @@ def test_rms_analyse_rms_trained_elsewhere_without_training(tmp_path):
     shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "results", "build",
                                                                   "*.egg-info", "__pycache__"))
     result = subprocess.run(["bash", "run_all.sh", f"RMS=mixed={rm}", "MODEL=mine", "ABLATE_ARGS=--tau 10",
-                             "COMMON_ARGS=--max-length 64", "NEURON_ARGS=--max-pairs 16"], cwd=checkout,
+                             "COMMON_ARGS=--max-length 64", "NEURON_ARGS=--max-pairs 16", "NPROC=2"], cwd=checkout,
                             capture_output=True, text=True, timeout=300, env={**os.environ, "RMT_VENV": str(VENV)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1/6 train" not in result.stdout and "== 5/6 shared" in result.stdout
-    assert "6/6 conflict skipped" in result.stdout
+    assert "6/6 conflict skipped" in result.stdout and "2 processes: the analysis steps through torchrun" in result.stdout
     report = (checkout / "results" / "mine" / "report.md").read_text()
     assert "RMs trained elsewhere (`--rm`" in report and "## The tension inside the mixed RM" in report
     result = subprocess.run(["bash", "run_all.sh", f"RMS=mixed={rm}", "MODELS=a b"], cwd=checkout,
