@@ -145,8 +145,8 @@ def progress(iterable, **kwargs):
     """A tqdm bar that also shows in a log file (tqdm's default hides itself when stderr is not a terminal): there
     it writes a line every 30 s instead of redrawing. Rank 0's only."""
     tty = sys.stderr.isatty()
-    return tqdm(iterable, leave=tty, mininterval=0.1 if tty else 30, file=sys.stderr,
-                disable=rank_and_world()[0] != 0, **kwargs)
+    disable = kwargs.pop("disable", False) or rank_and_world()[0] != 0
+    return tqdm(iterable, leave=tty, mininterval=0.1 if tty else 30, file=sys.stderr, disable=disable, **kwargs)
 
 
 def current_umask() -> int:
