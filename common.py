@@ -215,6 +215,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     all_ranks_here()
 
 
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Rename a folder made complete under a temporary name onto `target`; where another process (a rank of the
+    same step) got there first, keep its folder and drop this one."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -354,7 +365,8 @@ def run_record(config: dict) -> dict:
     if world > 1:
         import torch.distributed as dist
 
-        record["processes"] = {"world_size": world, "backend": dist.get_backend(), "share": [f"rank {r}: batches {r}, {r + world}, {r + 2 * world}, … of every pass"
+        record["processes"] = {"world_size": world, "backend": dist.get_backend(),
+                               "share": [f"rank {r}: batches {r}, {r + world}, {r + 2 * world}, … of every pass"
                                          for r in range(world)]}
     return record
 
@@ -706,12 +718,7 @@ def gguf_checkpoint(name: str) -> Path:
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     share_permissions(tmp)  # mkdtemp and safetensors make owner-only files
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process (a rank of the same step) made it meanwhile
-        if not (target / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_folder(tmp, target)
     return target
 
 
@@ -1571,8 +1578,9 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
 
     Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored with the same settings
     (RM `fingerprint` and `reading`, `max_length`, dtype and `intervention`), its sidecar `<subset>.meta.json` the
-    settings and a hash of each item's text, and `<subset>.rendered.txt` what the RM saw of the subset's first item. Items whose row matches are reused; the rest are flattened into ONE score_texts
-    call (extra keyword arguments, e.g. hooks, go to it), so batches are length-sorted across all items and every
+    settings and a hash of each item's text, and `<subset>.rendered.txt` what the RM saw of the subset's first item.
+    Items whose row matches are reused; the rest are flattened into ONE score_texts call (extra keyword arguments,
+    e.g. hooks, go to it), so batches are length-sorted across all items and every
     distinct text is scored once; their rows are MERGED into the cache, so scoring a subsample never shrinks it.
     Scores under hooks must name their `intervention`, or they would be cached as the plain RM's. cache_dir None
     scores everything and caches nothing; `force` rescores every item (and rewrites its row). A score that is not
@@ -1976,7 +1984,8 @@ def neuron_identity(cfg: dict, rm: Path) -> dict:
 def rm_reading(cfg: dict, rm: Path) -> dict | None:
     """Reading.key of the RM at `rm` as cfg reads it (its tokenizer decides what --template auto is)."""
     reading = reading_of(cfg)
-    return reading.key(HH_FORMAT if reading.template == "hh" else load_tokenizer(str(rm), reading.template).input_format)
+    form = HH_FORMAT if reading.template == "hh" else load_tokenizer(str(rm), reading.template).input_format
+    return reading.key(form)
 
 
 def neuron_settings(cfg: dict, rm: Path, pairs: Sequence[Pair], max_length: int, dtype: torch.dtype) -> dict:
@@ -2555,9 +2564,7 @@ def external_run(cfg: dict, objective: str, source: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=base))
         (tmp / "rm").symlink_to(folder, target_is_directory=True)
         share_permissions(tmp)
-        with contextlib.suppress(OSError):  # another process made it meanwhile: its link is as good
-            os.replace(tmp, run)
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, run)
     elif (run / "rm").resolve() != folder:  # the same weights from another path: point the link there
         link = run / f".rm.{os.getpid()}"
         link.symlink_to(folder, target_is_directory=True)

@@ -173,48 +173,42 @@ if [ "$NPROC" -gt 1 ]; then
   echo "== $NPROC processes: the analysis steps through torchrun (training: accelerate launch on several GPUs, else one) =="
 fi
 
-external() {  # RMS="helpful=SRC ...": the analysis steps on RMs trained elsewhere (no training); stops at the first failure
-  local rm_args=() roles=() label=() shared_args=()
-  for rm in $RMS; do rm_args+=(--rm "$rm"); roles+=("${rm%%=*}"); done
-  if [ -n "$model_given" ]; then label=(--model "$MODEL"); fi
+analyse() {  # steps 2-6 on the RMs the caller's `who` names (with its `within` for shared.py and `no_conflict`)
+  # shellcheck disable=SC2086  # the *_ARGS settings are word lists
+  run_step 2 behaviour "${ANALYSE[@]}" experiments/behaviour.py "${who[@]}" $COMMON_ARGS $BENCH_ARGS || return 1
+  run_step 3 neurons "${ANALYSE[@]}" experiments/neurons.py "${who[@]}" $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
+    || return 1
+  run_step 4 ablate "${ANALYSE[@]}" experiments/ablate.py "${who[@]}" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
+    $ABLATE_ARGS || return 1
+  run_step 5 shared "${ANALYSE[@]}" experiments/shared.py "${who[@]}" "${within[@]}" $COMMON_ARGS $DATA_ARGS \
+    $BENCH_ARGS $SHARED_ARGS || return 1
+  if [ -n "$no_conflict" ]; then echo "== 6/6 conflict skipped: $no_conflict =="; return 0; fi
+  run_step 6 conflict "${ANALYSE[@]}" experiments/conflict.py "${who[@]}" $COMMON_ARGS $DATA_ARGS $CONFLICT_ARGS \
+    || return 1
+}
+
+external() {  # RMS="helpful=SRC ...": the analysis steps on RMs trained elsewhere (no training)
+  local who=() roles=() within=() no_conflict=""
+  if [ -n "$model_given" ]; then who=(--model "$MODEL"); fi
+  for rm in $RMS; do who+=(--rm "$rm"); roles+=("${rm%%=*}"); done
+  # the paper's comparison needs all three RM types; with fewer, each RM's own helpful vs harmless neurons
+  if [ "${#roles[@]}" -lt 3 ]; then
+    within=(--within "${roles[0]}")
+    no_conflict="its sets need the helpful and harmless RMs' neurons beside the mixed RM (RMS names ${roles[*]})"
+  fi
   LOGS=results/logs/${MODEL:-rms}
   mkdir -p "$LOGS"
-  # shellcheck disable=SC2086  # the *_ARGS settings are word lists
-  run_step 2 behaviour "${ANALYSE[@]}" experiments/behaviour.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $BENCH_ARGS || return 1
-  run_step 3 neurons "${ANALYSE[@]}" experiments/neurons.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
-    || return 1
-  run_step 4 ablate "${ANALYSE[@]}" experiments/ablate.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
-    $ABLATE_ARGS || return 1
-  # the paper's comparison needs all three RM types; with fewer, each RM's own helpful vs harmless neurons
-  if [ "${#roles[@]}" -lt 3 ]; then shared_args=(--within "${roles[0]}"); fi
-  # shellcheck disable=SC2086
-  run_step 5 shared "${ANALYSE[@]}" experiments/shared.py "${label[@]}" "${rm_args[@]}" "${shared_args[@]}" $COMMON_ARGS \
-    $DATA_ARGS $BENCH_ARGS $SHARED_ARGS || return 1
-  if [ "${#roles[@]}" -lt 3 ]; then
-    echo "== 6/6 conflict skipped: its sets need the helpful and harmless RMs' neurons beside the mixed RM (RMS names" \
-         "${roles[*]}) =="
-    return 0
-  fi
-  # shellcheck disable=SC2086
-  run_step 6 conflict "${ANALYSE[@]}" experiments/conflict.py "${label[@]}" "${rm_args[@]}" $COMMON_ARGS $DATA_ARGS \
-    $CONFLICT_ARGS || return 1
+  analyse
 }
 
 backbone() {  # the six steps of one backbone; stops at the first that fails
+  # shellcheck disable=SC2206  # SEED_ARGS is a word list
+  local who=(--model "$MODEL" $SEED_ARGS) within=() no_conflict=""
   LOGS=results/logs/$MODEL
   mkdir -p "$LOGS"
   # shellcheck disable=SC2086  # the *_ARGS settings are word lists
-  run_step 1 train "${TRAIN[@]}" experiments/train.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
-    $TRAIN_ARGS || return 1
-  run_step 2 behaviour "${ANALYSE[@]}" experiments/behaviour.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $BENCH_ARGS || return 1
-  run_step 3 neurons "${ANALYSE[@]}" experiments/neurons.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $NEURON_ARGS \
-    || return 1
-  run_step 4 ablate "${ANALYSE[@]}" experiments/ablate.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
-    $ABLATE_ARGS || return 1
-  run_step 5 shared "${ANALYSE[@]}" experiments/shared.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS $BENCH_ARGS \
-    $SHARED_ARGS || return 1
-  run_step 6 conflict "${ANALYSE[@]}" experiments/conflict.py --model "$MODEL" $SEED_ARGS $COMMON_ARGS $DATA_ARGS \
-    $CONFLICT_ARGS || return 1
+  run_step 1 train "${TRAIN[@]}" experiments/train.py "${who[@]}" $COMMON_ARGS $DATA_ARGS $TRAIN_ARGS || return 1
+  analyse
 }
 
 if [ -n "${RMS:-}" ]; then

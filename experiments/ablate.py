@@ -4,8 +4,9 @@
     python experiments/ablate.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256 --ablation mean \\
         --method magnitude --tau 10
     python experiments/ablate.py --model gpt2-medium --tau 10
-    python experiments/ablate.py --rm harmless=runs/tiny-gpt2/harmless/seed0/rm --rm helpful=runs/tiny-gpt2/helpful/seed0/rm \\
-        --model own --tau 10 --data-dir data/demo/hh-rlhf --bench demo             # RMs given by path (any folder)
+    python experiments/ablate.py --rm harmless=runs/tiny-gpt2/harmless/seed0/rm \\
+        --rm helpful=runs/tiny-gpt2/helpful/seed0/rm --model own --tau 10 --data-dir data/demo/hh-rlhf \\
+        --bench demo                                                               # RMs given by path (any folder)
     python experiments/ablate.py --model smollm2-135m-instruct-q4 --data-dir ../shared/data/hh-rlhf \\
         --train-split test --eval-fraction 0.2 --bench ../shared/data/xstest/converted --max-items 50 --tau 10
 
@@ -310,7 +311,8 @@ def report_section(cfg, runs, bench, tables, heldout, method, tau, objectives) -
     chosen = "the paper's" if (method, tau) == ("magnitude", 10.0) else \
         "τ = 10 and magnitude were not both swept, so the first asked for"
     lines = ["## Ablation (paper §4)\n",
-             f"{common.rms_sentence(cfg, runs, objectives)}. Each RM ablates its OWN top-τ % MLP neurons (site `{cfg['site']}`, "
+             f"{common.rms_sentence(cfg, runs, objectives)}. Each RM ablates its OWN top-τ % MLP neurons "
+             f"(site `{cfg['site']}`, "
              f"{cfg['ablation']}-ablation at every token position) for each method ({', '.join(cfg['method'])}) and "
              f"τ ∈ {{{', '.join(f'{t:g}' for t in cfg['tau'])}}} %, and is evaluated before and after on its held-out "
              f"HH-RLHF pairs and on {len(bench.items)} benchmark items{sampled} "

@@ -109,7 +109,8 @@ def write_tables(out: Path, tables: dict):
 
 def score_run(cfg, run: Path, items, device, dtype):
     model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
-    return common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype, cache_parent=common.own_scores_home(run),
+    return common.evaluate_rm(run / "rm", model, tokenizer, items, cfg, device, dtype,
+                              cache_parent=common.own_scores_home(run),
                               desc=f"{run.parent.name} {run.name}", force=cfg["force"])
 
 
@@ -484,7 +485,8 @@ def fig3_calibration(calibration, subsets, tasks, path: Path):
 def report_section(cfg, runs, missing, bench, counts, tables) -> str:
     sampled = f" (at most {cfg['max_items']} per task, a seeded subsample)" if cfg["max_items"] else ""
     lines = ["## Behaviour (paper §3)\n",
-             f"{common.rms_sentence(cfg, runs, cfg['objective'])}. Benchmarks: {', '.join(f'`{b}`' for b in cfg['bench'])} — "
+             f"{common.rms_sentence(cfg, runs, cfg['objective'])}. "
+             f"Benchmarks: {', '.join(f'`{b}`' for b in cfg['bench'])} — "
              f"{len(counts)} tasks, {sum(counts.values())} items{sampled}. An item is correct when every chosen "
              "response scores strictly above every rejected one (for RM-Bench's 3 × 3 style variants that is "
              "stricter than RM-Bench's own metric: the paper's RM-Bench numbers are the `normal` official scores "

@@ -311,7 +311,8 @@ def benjamini_hochberg(p: numpy.ndarray, q: float = FDR_Q) -> numpy.ndarray:
 # ---------------------------------------------------------------------------------------------
 def conflict_settings(cfg, run: Path, pairs: dict, max_length: int, dtype, batches: int) -> dict:
     return {"model": cfg["model"], "rm_weights": common.rm_fingerprint(run / "rm"),
-            "reading": common.rm_reading(cfg, run / "rm"), **common.pair_settings(cfg, *pairs.values()), "max_length": max_length, "dtype": str(dtype),
+            "reading": common.rm_reading(cfg, run / "rm"), **common.pair_settings(cfg, *pairs.values()),
+            "max_length": max_length, "dtype": str(dtype),
             # the batches are the test's units, so the batch size shapes the p-values; the draws only matter
             # where the patterns are sampled
             "batch_size": cfg["batch_size"], "draws": "exact" if batches <= EXACT_MAX_BATCHES else cfg["draws"],

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments"), str(ROOT / "tests")]
 
 DEMO = str(ROOT / "data" / "demo" / "hh-rlhf")
-DATA = ["--data-dir", DEMO, "--max-pairs", "20", "--max-length", "48", "--batch-size", "4", "--device", "cpu"]  # 5 batches
+# 20 pairs in batches of 4: the 5 helpful batches conflict.py's test needs at least
+DATA = ["--data-dir", DEMO, "--max-pairs", "20", "--max-length", "48", "--batch-size", "4", "--device", "cpu"]
 BENCH = ["--bench", "demo", "--max-items", "4"]
 STEPS = [("neurons", [*DATA, "--method", "magnitude", "--method", "change", "--method", "attribution"]),
          ("behaviour", [*BENCH, "--max-length", "48", "--batch-size", "4", "--device", "cpu"]),

@@ -30,8 +30,8 @@ BENCH = ["--bench", "demo", "--max-items", "4"]
 
 def elsewhere(tmp_path, objective, name=None, seed=None) -> Path:
     """A tiny RM saved with save_pretrained outside runs/, in a folder named like a user's."""
-    saved = save_tiny_rm(tmp_path / "scratch", objective, perturb_seed={"helpful": 1, "harmless": 2,
-                                                                        "mixed": 3}[objective] if seed is None else seed)
+    seed = {"helpful": 1, "harmless": 2, "mixed": 3}[objective] if seed is None else seed
+    saved = save_tiny_rm(tmp_path / "scratch", objective, perturb_seed=seed)
     target = tmp_path / "own" / (name or f"my-{objective}-rm")
     shutil.move(saved, target)
     return target

@@ -86,7 +86,8 @@ def test_rms_analyse_rms_trained_elsewhere_without_training(tmp_path):
                             capture_output=True, text=True, timeout=300, env={**os.environ, "RMT_VENV": str(VENV)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1/6 train" not in result.stdout and "== 5/6 shared" in result.stdout
-    assert "6/6 conflict skipped" in result.stdout and "2 processes: the analysis steps through torchrun" in result.stdout
+    assert "6/6 conflict skipped" in result.stdout
+    assert "2 processes: the analysis steps through torchrun" in result.stdout
     report = (checkout / "results" / "mine" / "report.md").read_text()
     assert "RMs trained elsewhere (`--rm`" in report and "## The tension inside the mixed RM" in report
     result = subprocess.run(["bash", "run_all.sh", f"RMS=mixed={rm}", "MODELS=a b"], cwd=checkout,
