@@ -226,6 +226,126 @@ def publish_folder(tmp: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Several jobs on one runs/ (--shard K/N, e.g. a SLURM array; or two steps started by hand): before a job computes a
+# unit — one RM's training, score cache, neuron files or conflict file — it holds the unit's lock, `.<unit>.lock`
+# beside it, made whole in one step (a hard link of a written file, which fails where one exists, on NFS too) and
+# naming its owner. The owner refreshes the lock's mtime every LOCK_BEAT s, so a lock whose owner died is known:
+# on this host its pid is gone; elsewhere its mtime is older than LOCK_STALE s. Such a lock is taken over. A shard
+# leaves a unit another live job holds to that job; a run without --shard waits for it, then reuses what it made.
+LOCK_BEAT, LOCK_STALE, LOCK_POLL = 30.0, 300.0, 2.0
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Job `index` of `count` (--shard K/N): which units a job takes is decided by the locks, not by K, so unequal
+    units still spread over the jobs; K only sets where in the list of RMs the job starts (shard_order)."""
+    index: int
+    count: int
+    left: list = field(default_factory=list, compare=False)  # the units this job left to others, for its last line
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_order(keys: Sequence, shard: Shard | None) -> list:
+    """`keys` (the RMs of a step) starting at the K-th N-th of them, so N jobs begin on different RMs."""
+    keys = list(keys)
+    start = 0 if shard is None else (shard.index - 1) * len(keys) // shard.count
+    return keys[start:] + keys[:start]
+
+
+def _lock_holder(lock: Path) -> dict | None:
+    """Who holds `lock`: {"owner", "host", "pid", "shard"}, with "dead" when its owner is gone (see above); None
+    when there is no lock."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # unreadable: only its age can tell
+        holder = {}
+    if not isinstance(holder, dict):
+        holder = {}
+    here = holder.get("host") == socket.gethostname()
+    gone = here and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+    return {**holder, "dead": gone or age > LOCK_STALE}
+
+
+def _take_lock(lock: Path, shard: Shard | None) -> dict | None:
+    """Hold `lock` (None) or say who does (their record); a dead holder's lock is taken over."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.{_owner()}.", suffix=".tmp", dir=lock.parent)
+    except OSError as err:
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return None
+        raise
+    mine = {"owner": _owner(), "host": socket.gethostname(), "pid": os.getpid(),
+            "shard": str(shard) if shard else None, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(mine, f)
+        os.chmod(tmp, 0o666 & ~current_umask())  # other users of a shared runs/ read who holds it
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)
+                return None
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and holder.get("owner") == _owner():
+                    raise RuntimeError(f"{lock} is already held by this process: a unit is locked inside itself")
+                if holder is not None and not holder["dead"]:
+                    return holder
+                if holder is not None:  # two jobs taking over at once may both compute it; each write is whole
+                    say(f"taking over {lock.name} from {holder.get('owner', 'a job')}, which is gone")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock)
+        raise RMTError(f"could not take the lock {lock}: other jobs keep replacing it")
+    finally:
+        os.unlink(tmp)
+
+
+def _keep_fresh(lock: Path, done: "threading.Event") -> None:
+    while not done.wait(LOCK_BEAT):
+        with contextlib.suppress(OSError):
+            os.utime(lock)
+
+
+@contextlib.contextmanager
+def unit_lock(unit: Path, shard: Shard | None, what: str) -> Iterator[bool]:
+    """Hold the lock of `unit` (a file or folder) inside the block — True: check whether it is still to do, and do
+    it; False: a shard leaves it to the live job that holds it (without a shard, this waits for that job, saying so
+    once). With several ranks rank 0 holds the lock for all. Where no lock can be made (a read-only runs/), none is
+    needed: nothing can be written there either."""
+    import threading
+
+    lock = unit.parent / f".{unit.name}.lock"
+    rank, said = rank_and_world()[0], False
+    while True:
+        holder = gather_over_ranks(_take_lock(lock, shard) if rank == 0 else None)[0]
+        if holder is None:
+            break
+        who = f"{holder.get('owner', 'another job')}" + (f" (shard {holder['shard']})" if holder.get("shard") else "")
+        if shard is not None:
+            shard.left.append(what)
+            say(f"[{what}] left to {who}, which is computing it")
+            yield False
+            return
+        if not said:
+            say(f"[{what}] waiting for {who}, which is computing it ({lock})")
+            said = True
+        time.sleep(LOCK_POLL)  # every rank waits here, so no collective outlives its timeout
+    done = threading.Event()
+    if rank == 0:
+        threading.Thread(target=_keep_fresh, args=(lock, done), daemon=True).start()
+    try:
+        yield True
+    finally:
+        done.set()
+        if rank == 0 and (_lock_holder(lock) or {}).get("owner") == _owner():
+            os.unlink(lock)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -1573,7 +1693,8 @@ def read_score_cache(path: Path, settings: dict) -> tuple[dict[str, dict], dict[
 def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.PathLike | None, batch_size: int,
                 max_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
                 fingerprint: str | None = None, intervention: dict | None = None, desc: str = "scoring items",
-                force: bool = False, reading: dict | None = None, **score_kwargs) -> list[ItemScores]:
+                force: bool = False, reading: dict | None = None, shard: Shard | None = None,
+                **score_kwargs) -> list[ItemScores] | None:
     """Scores of every response of every item, in item order.
 
     Per subset, `cache_dir/<subset>.jsonl` (SPEC §4) holds one row per item ever scored with the same settings
@@ -1584,39 +1705,45 @@ def score_items(model, tokenizer, items: Sequence[Item], cache_dir: str | os.Pat
     distinct text is scored once; their rows are MERGED into the cache, so scoring a subsample never shrinks it.
     Scores under hooks must name their `intervention`, or they would be cached as the plain RM's. cache_dir None
     scores everything and caches nothing; `force` rescores every item (and rewrites its row). A score that is not
-    finite is refused, naming the subset, instead of counting as a wrong item.
+    finite is refused, naming the subset, instead of counting as a wrong item. None: a `shard` left the cache to
+    the live job filling it (unit_lock).
     """
     if score_kwargs.get("hooks") is not None and intervention is None and cache_dir is not None:
         raise ValueError("scores made under hooks need an `intervention` describing them in their cache key")
-    form = text_format(tokenizer)
-    settings = {"max_length": max_length, "dtype": str(dtype), "fingerprint": fingerprint,
-                "intervention": intervention, "reading": reading}
-    by_subset = group_by_subset(items)
-    done, cached = _cached_item_scores(by_subset, cache_dir, settings, force, desc)
-    todo = [item for item in items if (item.subset, item.id) not in done]
-    texts = list(dict.fromkeys(text for item in todo for text in item.texts(form)))
-    rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
-                                             desc=desc, **score_kwargs))) if texts else {}
-    broken = [item for item in todo if not all(math.isfinite(rewards_of[text]) for text in item.texts(form))]
-    if broken:
-        raise RMTError(f"[{desc}] the RM gave a non-finite reward to {len(broken)} item(s) (first: subset "
-                       f"'{broken[0].subset}', id '{broken[0].id}'): its weights are broken, or --dtype bfloat16 "
-                       "overflows (try --dtype float32)")
-    for item in todo:
-        values = [rewards_of[text] for text in item.texts(form)]
-        done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
-    if cache_dir is not None:
-        for subset in {item.subset for item in todo}:
-            rows, hashes = cached[subset]
-            for item in by_subset[subset]:
-                rows[item.id] = {"id": item.id, "subset": subset, "chosen_scores": done[subset, item.id].chosen,
-                                 "rejected_scores": done[subset, item.id].rejected}
-                hashes[item.id] = item_hash(item)
-            path = Path(cache_dir) / f"{subset}.jsonl"
-            write_jsonl(path, rows.values())
-            write_json(path.with_suffix(".meta.json"), {**settings, "items": len(rows), "item_hashes": hashes})
-            write_text(path.with_suffix(".rendered.txt"), rendered(tokenizer, by_subset[subset][0], form))
-    return [done[item.subset, item.id] for item in items]
+    # the cache is the unit another job may be filling: hold it from reading it to writing it
+    unit = unit_lock(Path(cache_dir), shard, desc) if cache_dir is not None else contextlib.nullcontext(True)
+    with unit as mine:
+        if not mine:
+            return None
+        form = text_format(tokenizer)
+        settings = {"max_length": max_length, "dtype": str(dtype), "fingerprint": fingerprint,
+                    "intervention": intervention, "reading": reading}
+        by_subset = group_by_subset(items)
+        done, cached = _cached_item_scores(by_subset, cache_dir, settings, force, desc)
+        todo = [item for item in items if (item.subset, item.id) not in done]
+        texts = list(dict.fromkeys(text for item in todo for text in item.texts(form)))
+        rewards_of = dict(zip(texts, score_texts(model, tokenizer, texts, batch_size, max_length, device, dtype,
+                                                 desc=desc, **score_kwargs))) if texts else {}
+        broken = [item for item in todo if not all(math.isfinite(rewards_of[text]) for text in item.texts(form))]
+        if broken:
+            raise RMTError(f"[{desc}] the RM gave a non-finite reward to {len(broken)} item(s) (first: subset "
+                           f"'{broken[0].subset}', id '{broken[0].id}'): its weights are broken, or --dtype bfloat16 "
+                           "overflows (try --dtype float32)")
+        for item in todo:
+            values = [rewards_of[text] for text in item.texts(form)]
+            done[item.subset, item.id] = ItemScores(values[:len(item.chosen)], values[len(item.chosen):])
+        if cache_dir is not None:
+            for subset in {item.subset for item in todo}:
+                rows, hashes = cached[subset]
+                for item in by_subset[subset]:
+                    rows[item.id] = {"id": item.id, "subset": subset, "chosen_scores": done[subset, item.id].chosen,
+                                     "rejected_scores": done[subset, item.id].rejected}
+                    hashes[item.id] = item_hash(item)
+                path = Path(cache_dir) / f"{subset}.jsonl"
+                write_jsonl(path, rows.values())
+                write_json(path.with_suffix(".meta.json"), {**settings, "items": len(rows), "item_hashes": hashes})
+                write_text(path.with_suffix(".rendered.txt"), rendered(tokenizer, by_subset[subset][0], form))
+        return [done[item.subset, item.id] for item in items]
 
 
 def rendered(tokenizer, item: Item, form: InputFormat) -> str:
@@ -1744,12 +1871,12 @@ def evaluate_rm(rm: Path, model, tokenizer, items: Sequence[Item], cfg: dict, de
     """Scores of `items` by the saved RM `rm`, cached under `cache_parent` (score_cache_dir): plain (the RM's run;
     the behaviour, ablation and shared steps share them) or, with `ablated` = (ablation kind, selected [layers,
     d_mlp] bool, mean values or None), with those neurons switched off at cfg["site"] (an intervention's folder;
-    keyed by the intervention). `force` rescores every item."""
+    keyed by the intervention). `force` rescores every item. None: --shard left them to another job."""
     max_length = min(cfg["max_length"], context_length(model))
     reading = reading_of(cfg).key(text_format(tokenizer))
     common_args = (model, tokenizer, items, score_cache_dir(cache_parent, max_length, dtype, reading))
     rest = dict(batch_size=2 * cfg["batch_size"], max_length=max_length, device=device, dtype=dtype,
-                fingerprint=rm_fingerprint(rm), reading=reading, desc=desc, force=force)
+                fingerprint=rm_fingerprint(rm), reading=reading, desc=desc, force=force, shard=cfg.get("shard"))
     if ablated is None:
         return score_items(*common_args, **rest)
     kind, selected, values = ablated
@@ -2007,48 +2134,52 @@ def compute_neuron_files(cfg: dict, rm: Path, objective: str, seed: int, methods
     --within (`pairs()` as training_pairs gives them, subsampled by scoring_pairs; called only when they are
     needed) — and write `<folder>/<method>.h5` for every method whose file is missing or stale: compared on every
     setting (keys None: neurons.py) or only on `keys` (NEURON_IDENTITY: the steps that read the files). `tag` names
-    the RM in messages. Returns a line for run.json."""
+    the RM in messages. Returns a line for run.json (with "left" where --shard left the files to another job)."""
     import rmt_kernels
 
     tag = tag or f"[{objective} seed {seed}]"
-    # what identifies a file needs no pairs: the steps that only read the files load none while theirs are current
-    todo = None if keys is None else stale_neuron_files(cfg, folder, methods, neuron_identity(cfg, rm), keys, tag)
-    if todo == []:
-        return {"objective": objective, "seed": seed, "reused": list(methods)}
-    max_length = min(cfg["max_length"], saved_context_length(rm, reading_of(cfg).trust_remote_code))
-    scored = scoring_pairs(pairs(), cfg, objective, seed)
-    if not scored:
-        raise RMTError(f"{tag} no training pairs to score")
-    settings = neuron_settings(cfg, rm, scored, max_length, dtype)
-    if todo is None:
-        todo = stale_neuron_files(cfg, folder, methods, settings, None, tag)
-    else:
-        say(f"{tag} scoring the neurons first (neurons.py's pass): {', '.join(todo)}")
-    if not todo:
-        say(f"{tag} neuron files up to date in {folder}")
-        return {"objective": objective, "seed": seed, "reused": list(methods)}
+    with unit_lock(folder, cfg.get("shard"), f"{tag} neuron files") as mine:
+        if not mine:
+            return {"objective": objective, "seed": seed, "left": "to another job (--shard)"}
+        # what identifies a file needs no pairs: the steps that only read the files load none while they are current
+        todo = None if keys is None else \
+            stale_neuron_files(cfg, folder, methods, neuron_identity(cfg, rm), keys, tag)
+        if todo == []:
+            return {"objective": objective, "seed": seed, "reused": list(methods)}
+        max_length = min(cfg["max_length"], saved_context_length(rm, reading_of(cfg).trust_remote_code))
+        scored = scoring_pairs(pairs(), cfg, objective, seed)
+        if not scored:
+            raise RMTError(f"{tag} no training pairs to score")
+        settings = neuron_settings(cfg, rm, scored, max_length, dtype)
+        if todo is None:
+            todo = stale_neuron_files(cfg, folder, methods, settings, None, tag)
+        else:
+            say(f"{tag} scoring the neurons first (neurons.py's pass): {', '.join(todo)}")
+        if not todo:
+            say(f"{tag} neuron files up to date in {folder}")
+            return {"objective": objective, "seed": seed, "reused": list(methods)}
 
-    started = time.perf_counter()
-    scoring, attribution = score_neurons(cfg, rm, objective, seed, todo, scored, max_length, device, dtype)
-    seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scoring, attribution = score_neurons(cfg, rm, objective, seed, todo, scored, max_length, device, dtype)
+        seconds = time.perf_counter() - started
 
-    # save
-    scores = {"magnitude": scoring.magnitude, "change": scoring.change,
-              "random": lambda: torch.rand(scoring.shape, generator=random_generator(objective, seed)),
-              "attribution": lambda: attribution.signed().abs()}
-    for method in todo:
-        attrs = {"method": method, "site": cfg["site"], "model": cfg["model"], "objective": objective, "seed": seed,
-                 "backend": rmt_kernels.backend(device), "pairs": len(scored), "layers": scoring.shape[0],
-                 "d_mlp": scoring.shape[1], "settings": json.dumps(settings),
-                 "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)}
-        extra = {"signed": attribution.signed()} if method == "attribution" else None
-        write_neuron_file(folder / f"{method}.h5", scores[method]().float().cpu(), scoring, attrs, method == "change",
-                          extra)
-    tokens = sum(scoring.tokens(side) for side in SIDES)
-    say(f"{tag} {', '.join(todo)} from {len(scored)} pairs, {tokens} tokens in {seconds:.1f} s "
-        f"({rmt_kernels.backend(device)}) → {folder}")
-    return {"objective": objective, "seed": seed, "methods": todo, "pairs": len(scored), "tokens": tokens,
-            "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
+        # save
+        scores = {"magnitude": scoring.magnitude, "change": scoring.change,
+                  "random": lambda: torch.rand(scoring.shape, generator=random_generator(objective, seed)),
+                  "attribution": lambda: attribution.signed().abs()}
+        for method in todo:
+            attrs = {"method": method, "site": cfg["site"], "model": cfg["model"], "objective": objective,
+                     "seed": seed, "backend": rmt_kernels.backend(device), "pairs": len(scored),
+                     "layers": scoring.shape[0], "d_mlp": scoring.shape[1], "settings": json.dumps(settings),
+                     "config": json.dumps({**cfg, "objective": objective, "seed": seed}, default=str)}
+            extra = {"signed": attribution.signed()} if method == "attribution" else None
+            write_neuron_file(folder / f"{method}.h5", scores[method]().float().cpu(), scoring, attrs,
+                              method == "change", extra)
+        tokens = sum(scoring.tokens(side) for side in SIDES)
+        say(f"{tag} {', '.join(todo)} from {len(scored)} pairs, {tokens} tokens in {seconds:.1f} s "
+            f"({rmt_kernels.backend(device)}) → {folder}")
+        return {"objective": objective, "seed": seed, "methods": todo, "pairs": len(scored), "tokens": tokens,
+                "seconds": round(seconds, 2), "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
 
 
 def score_neurons(cfg: dict, rm: Path, objective: str, seed: int, methods: Sequence[str], pairs: Sequence[Pair],
@@ -2778,7 +2909,21 @@ compute_options = options(
     click.option("--max-length", type=click.IntRange(min=8), default=DEFAULT_MAX_LENGTH,
                  help="Tokens per transcript (the end is kept); capped at the backbone's context. Analysis steps: "
                       "by default what the RMs' train.json records."),
+    click.option("--shard", metavar="K/N", default=None, callback=lambda ctx, param, value: parse_shard(value),
+                 help="Job K of N jobs sharing one --runs-dir (a SLURM array): each computes the units (an RM's "
+                      "training, scores, neuron files, an ablation) no other live job holds, and writes no table; "
+                      "the same command without --shard then makes every table from what they left."),
 )
+
+
+def parse_shard(value: str | None) -> Shard | None:
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise click.BadParameter(f"{value!r}: K/N with 1 ≤ K ≤ N, e.g. 2/4 ($SLURM_ARRAY_TASK_ID/4 for "
+                                 "--array=1-4)", param_hint="--shard")
+    return Shard(int(index), int(count))
 micro_batch_option = click.option(
     "--micro-batch-tokens", type=click.IntRange(min=1), default=None,
     help="Backward passes (training, attribution, conflict gradients): split each batch into forwards of at most "
@@ -2894,6 +3039,9 @@ def start_step(cfg: dict) -> tuple[torch.device, torch.dtype]:
 
     if not cfg.get("rm"):
         check_model(cfg["model"])
+    if cfg.get("shard") and cfg.get("force"):
+        raise RMTError("--force with --shard: each job would redo the units the others finished; run the step once "
+                       "with --force and without --shard", usage=True)
     if "backend" in cfg:
         rmt_kernels.set_backend(cfg["backend"])
     device = resolve_device(cfg["device"])
@@ -2958,6 +3106,18 @@ def start_analysis(cfg: dict, objectives: Sequence[str] | None = None, missing_o
     if missing:
         say(missing_message(missing))
     return with_training_data(cfg, runs, given), runs, missing, device, dtype
+
+
+def shard_done(cfg: dict, step: str) -> bool:
+    """With --shard, the job's last line and True: its units are computed (or left to the live jobs that hold
+    them), and a shard writes no table, since the others may not have ended."""
+    shard = cfg["shard"]
+    if shard is None:
+        return False
+    left = f", except {len(shard.left)} left to other live jobs" if shard.left else ""
+    click.echo(f"shard {shard}: every unit of {step} is computed or current{left}. Once every job has ended, the "
+               "same command without --shard writes the tables from them.")
+    return True
 
 
 def load_bench(cfg: dict) -> tuple[dict[str, Task], Bench]:

@@ -2,6 +2,7 @@
 # The two commands of the README:
 #   bash run_all.sh         set up (first time), then all six steps on the embedded offline demo
 #   bash run_all.sh test    set up (first time), then the test suite
+#   bash run_all.sh setup   set up alone
 # Presets and overrides:    bash run_all.sh [--preset demo|demo-grid|small|paper] [--force STEP]... [KEY=VALUE]...
 #   a preset is data/presets/<name>.env; environment variables and KEY=VALUE arguments override its settings,
 #   e.g.  bash run_all.sh --preset small SEEDS="0 1" ABLATE_ARGS="--tau 10"
@@ -11,6 +12,9 @@
 #   RMs trained elsewhere (fewer than three: shared.py --within the first, no conflict); MODEL= then is their
 #   backbone (for the change method) or a label.
 #   --force STEP (train, behaviour, neurons, ablate, shared, conflict) redoes that step's work even where it is done.
+#   STEP=NAME runs that one step (of every backbone). SHARD=K/N makes this job K of N jobs sharing runs/ (a SLURM
+#   array: docs/slurm/): each step computes what no other live job holds and writes no table; the same command
+#   without SHARD, once every job has ended, makes every table from what they computed.
 # Every step skips what is already done with the same settings, so an interrupted run continues where it stopped; a
 # backbone that fails is named at the end, after the others have run.
 set -euo pipefail
@@ -82,6 +86,7 @@ if os.environ['RMT_REQUIRE_EXT'] == '1' and ops._C is None:
 }
 
 setup
+if [ "${1:-}" = "setup" ]; then exit 0; fi  # the venv alone (before jobs that share it start: docs/slurm/)
 if [ "${1:-}" = "test" ]; then
   shift
   exec "$PY" -m pytest tests -q "$@"
@@ -128,12 +133,21 @@ fi
 for step in "${FORCE[@]}"; do
   case "$step" in train|behaviour|neurons|ablate|shared|conflict) ;; *) echo "run_all.sh: --force $step: no such step" >&2; exit 2 ;; esac
 done
+case "${STEP:-train}" in
+  train|behaviour|neurons|ablate|shared|conflict) ;;
+  *) echo "run_all.sh: STEP=$STEP: no such step (train, behaviour, neurons, ablate, shared, conflict)" >&2; exit 2 ;;
+esac
+SHARD=${SHARD:-}
+if [ -n "$SHARD" ] && ! [[ "$SHARD" =~ ^[0-9]+/[0-9]+$ ]]; then
+  echo "run_all.sh: SHARD=$SHARD: K/N, e.g. SHARD=\$SLURM_ARRAY_TASK_ID/\$SLURM_ARRAY_TASK_COUNT" >&2; exit 2
+fi
 
 SEED_ARGS=$(for s in $SEEDS; do printf -- '--seed %s ' "$s"; done)
 mkdir -p results
 # One pipeline at a time per checkout: a second one, or the still-running step of a run_all.sh that was killed
-# alone (its python child holds the lock until it exits), would write the same files.
-if command -v flock >/dev/null 2>&1; then
+# alone (its python child holds the lock until it exits), would write the same files. Shards share the checkout
+# on purpose (from several machines, where flock may not reach): each unit they compute has its own lock.
+if [ -z "$SHARD" ] && command -v flock >/dev/null 2>&1; then
   exec 9>results/.run_all.lock
   if ! flock -n 9; then
     echo "run_all.sh: another run_all.sh, or a step of one that was killed, is still running in $PWD;" \
@@ -148,13 +162,16 @@ started=$(date +%s)
 run_step() {  # run_step INDEX NAME COMMAND...: one line per step, its output also in $LOGS/<step>.log (INDEX "": grid)
   local index=$1 name=$2
   shift 2
-  local command=("$@")
+  local command=("$@") log=$LOGS/$name.log
+  if [ -n "${STEP:-}" ] && [ "$name" != "$STEP" ]; then return 0; fi
+  if [ -n "$SHARD" ] && [ -z "$index" ]; then return 0; fi  # the grid is a table: the run without SHARD makes it
   if [[ " ${FORCE[*]} " == *" $name "* ]]; then command+=(--force); fi
+  if [ -n "$SHARD" ]; then command+=(--shard "$SHARD"); log=$LOGS/$name.shard-${SHARD/\//-of-}.log; fi
   local next=done
   if [ -n "$index" ]; then next=${STEPS[$index]:-$AFTER}; fi
-  echo "== ${index:+$index/${#STEPS[@]} }$name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $LOGS/$name.log"
-  if ! "${command[@]}" 2>&1 | tee "$LOGS/$name.log"; then
-    echo "rm-tension: step '$name' failed; its log is $LOGS/$name.log. Rerun it alone with:" >&2
+  echo "== ${index:+$index/${#STEPS[@]} }$name ($(( $(date +%s) - started )) s elapsed; next: $next) — log: $log"
+  if ! "${command[@]}" 2>&1 | tee "$log"; then
+    echo "rm-tension: step '$name' failed; its log is $log. Rerun it alone with:" >&2
     echo "  ${command[*]}" >&2
     return 1
   fi
@@ -173,6 +190,15 @@ if [ "$NPROC" -gt 1 ]; then
   echo "== $NPROC processes: the analysis steps through torchrun (training: accelerate launch on several GPUs, else one) =="
 fi
 
+finish() {  # finish WHERE: the last line of a run; a shard's says what is left to do
+  if [ -n "$SHARD" ]; then
+    echo "== shard $SHARD done in $(( $(date +%s) - started )) s${STEP:+ (step $STEP)}: what it computed is in runs/;" \
+         "once every job has ended, the same command without SHARD makes every table and report =="
+  else
+    echo "== done in $(( $(date +%s) - started )) s${STEP:+ (step $STEP alone)}: $1 =="
+  fi
+}
+
 analyse() {  # steps 2-6 on the RMs the caller's `who` names (with its `within` for shared.py and `no_conflict`)
   # shellcheck disable=SC2086  # the *_ARGS settings are word lists
   run_step 2 behaviour "${ANALYSE[@]}" experiments/behaviour.py "${who[@]}" $COMMON_ARGS $BENCH_ARGS || return 1
@@ -182,7 +208,10 @@ analyse() {  # steps 2-6 on the RMs the caller's `who` names (with its `within` 
     $ABLATE_ARGS || return 1
   run_step 5 shared "${ANALYSE[@]}" experiments/shared.py "${who[@]}" "${within[@]}" $COMMON_ARGS $DATA_ARGS \
     $BENCH_ARGS $SHARED_ARGS || return 1
-  if [ -n "$no_conflict" ]; then echo "== 6/6 conflict skipped: $no_conflict =="; return 0; fi
+  if [ -n "$no_conflict" ]; then
+    if [ "${STEP:-conflict}" = conflict ]; then echo "== 6/6 conflict skipped: $no_conflict =="; fi
+    return 0
+  fi
   run_step 6 conflict "${ANALYSE[@]}" experiments/conflict.py "${who[@]}" $COMMON_ARGS $DATA_ARGS $CONFLICT_ARGS \
     || return 1
 }
@@ -220,8 +249,7 @@ if [ -n "${RMS:-}" ]; then
   if [ -z "$model_given" ]; then MODEL=""; fi
   echo "== RMs trained elsewhere: $RMS (training skipped) =="
   external || exit 1
-  echo "== done in $(( $(date +%s) - started )) s: results/ (report: results/<label>/report.md, the label printed" \
-       "by the steps above) =="
+  finish "results/ (report: results/<label>/report.md, the label printed by the steps above)"
   exit 0
 fi
 
@@ -229,7 +257,7 @@ if [ "${#BACKBONES[@]}" -eq 1 ]; then
   MODEL=${BACKBONES[0]}
   echo "== preset $PRESET: $MODEL, seeds $SEEDS =="
   backbone || exit 1
-  echo "== done in $(( $(date +%s) - started )) s: runs/ and results/$MODEL/ (report: results/$MODEL/report.md) =="
+  finish "runs/ and results/$MODEL/ (report: results/$MODEL/report.md)"
   exit 0
 fi
 
@@ -255,5 +283,5 @@ if [ "${#failed[@]}" -gt 0 ]; then
        "missing. Run the same command again to continue." >&2
   exit 1
 fi
-echo "== done in $(( $(date +%s) - started )) s: runs/ and results/ (report: results/report.md, the grid over" \
-     "${#BACKBONES[@]} backbones, with a link to each backbone's report) =="
+finish "runs/ and results/ (report: results/report.md, the grid over ${#BACKBONES[@]} backbones, with a link to each \
+backbone's report)"

@@ -4,6 +4,7 @@
     python experiments/ablate.py --model tiny-gpt2 --data-dir data/demo/hh-rlhf --max-length 256 --ablation mean \\
         --method magnitude --tau 10
     python experiments/ablate.py --model gpt2-medium --tau 10
+    python experiments/ablate.py --model gpt2-medium --tau 10 --shard 2/4     # job 2 of 4 sharing runs/ (SLURM)
     python experiments/ablate.py --rm harmless=runs/tiny-gpt2/harmless/seed0/rm \\
         --rm helpful=runs/tiny-gpt2/helpful/seed0/rm --model own --tau 10 --data-dir data/demo/hh-rlhf \\
         --bench demo                                                               # RMs given by path (any folder)
@@ -65,7 +66,11 @@ def main(**cfg):
     pairs = functools.cache(lambda: common.training_pairs(cfg, [o for o, _ in runs]))  # only for missing files
 
     # run
-    results = {key: sweep_rm(cfg, key, run, bench.items, tasks, pairs, device, dtype) for key, run in runs.items()}
+    results = {key: sweep_rm(cfg, key, runs[key], bench.items, tasks, pairs, device, dtype)
+               for key in common.shard_order(runs, cfg["shard"])}
+    if common.shard_done(cfg, "ablate.py"):
+        return
+    results = {key: results[key] for key in runs}
 
     # analyse and save
     rows = [{"objective": objective, "seed": seed, "ablation": cfg["ablation"], "method": method, "tau": tau, **row}
@@ -97,12 +102,13 @@ def main(**cfg):
 # The sweep of one RM: neuron sets first (a bad τ or file is refused before any scoring), then one plain and one
 # ablated evaluation per configuration, each cached on its own.
 # ---------------------------------------------------------------------------------------------
-def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> dict:
+def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> dict | None:
     objective, seed = key
     tag = f"{objective} seed {seed}"
     folder = common.neuron_dir(run, cfg["site"])
-    common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"], folder, pairs,
-                                device, dtype, keys=common.NEURON_IDENTITY)
+    if "left" in common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"],
+                                             folder, pairs, device, dtype, keys=common.NEURON_IDENTITY):
+        return None  # --shard: another job is making the neuron files this RM's sets come from
     model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
     if cfg["ablation"] == "mean" and cfg["site"] == "act" and common.arch_of(model).gated:
         common.say(f"note: {common.MEAN_AT_ACT_NOTE}")
@@ -128,7 +134,8 @@ def sweep_rm(cfg, key, run: Path, bench_items, tasks, pairs, device, dtype) -> d
             run / "rm", model, tokenizer, items, cfg, device, dtype,
             common.intervention_dir(run, "ablate", cfg["site"], label), ablated=intervention,
             desc=f"{tag} {cfg['ablation']} {method} τ={tau:g}", force=cfg["force"])
-        rows[method, tau] = common.accuracy_rows(items, ablated[method, tau], tasks, base=base)
+        if base is not None and ablated[method, tau] is not None:  # None: --shard left it to another job
+            rows[method, tau] = common.accuracy_rows(items, ablated[method, tau], tasks, base=base)
         timing["configs"][f"{method}-tau{tau:g}"] = {"neurons": int(intervention[1].sum()),
                                                      "seconds": round(time.perf_counter() - started, 2)}
     timing["texts_tokenised"] = tokenizer.calls

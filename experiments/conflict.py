@@ -89,8 +89,10 @@ def main(**cfg):
         check_batches(len(common.scoring_pairs(pairs, cfg, "helpful", seed)), cfg["batch_size"])
     out = common.step_dir(cfg["results_dir"], cfg["model"], "conflict")
 
-    computed = [compute_conflict(cfg, objective, seed, run, pairs, device, dtype)
-                for (objective, seed), run in runs.items()]
+    computed = [compute_conflict(cfg, objective, seed, runs[objective, seed], pairs, device, dtype)
+                for objective, seed in common.shard_order(runs, cfg["shard"])]
+    if common.shard_done(cfg, "conflict.py"):
+        return
     notes = write_results(cfg, runs, out)
     for note in notes:
         common.say(f"note: {note}")
@@ -325,45 +327,49 @@ def conflict_path(run: Path) -> Path:
 
 def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, device, dtype) -> dict:
     """Write (or reuse) one RM's conflict.h5, on the helpful and harmless pairs of `training` (as
-    common.training_pairs gives them); returns a line for run.json."""
+    common.training_pairs gives them); returns a line for run.json (with "left" where --shard left it to another
+    job)."""
     tag = f"[{objective} seed {seed}]"
     max_length = min(cfg["max_length"], common.saved_context_length(run / "rm", cfg["trust_remote_code"]))
     pairs = {name: common.scoring_pairs(training, cfg, name, seed) for name in GROUPS}
     helpful_batches = math.ceil(len(pairs["helpful"]) / cfg["batch_size"])
     settings = conflict_settings(cfg, run, pairs, max_length, dtype, helpful_batches)
     path = conflict_path(run)
-    if common.reuse(path, common.h5_settings, settings, force=cfg["force"], tag=f"{tag} "):
-        common.say(f"{tag} {path} up to date")
-        return {"objective": objective, "seed": seed, "reused": True}
-    model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
+    with common.unit_lock(path, cfg["shard"], f"{tag} conflict") as mine:
+        if not mine:
+            return {"objective": objective, "seed": seed, "left": "to another job (--shard)"}
+        if common.reuse(path, common.h5_settings, settings, force=cfg["force"], tag=f"{tag} "):
+            common.say(f"{tag} {path} up to date")
+            return {"objective": objective, "seed": seed, "reused": True}
+        model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
 
-    def gradients(name, direction=None):
-        if not pairs[name]:
-            raise common.RMTError(f"{tag} no {name} training pairs")
-        batches = common.pair_batches(*common.encode_pairs(tokenizer, pairs[name], max_length), cfg["batch_size"],
-                                      tokenizer.pad_token_id)
-        return neuron_gradients(model, batches, device, dtype, direction, desc=f"{name} gradients in {objective}",
-                                total=math.ceil(len(pairs[name]) / cfg["batch_size"]),
-                                token_budget=common.token_budget(cfg["micro_batch_tokens"], device))
+        def gradients(name, direction=None):
+            if not pairs[name]:
+                raise common.RMTError(f"{tag} no {name} training pairs")
+            batches = common.pair_batches(*common.encode_pairs(tokenizer, pairs[name], max_length), cfg["batch_size"],
+                                          tokenizer.pad_token_id)
+            return neuron_gradients(model, batches, device, dtype, direction, desc=f"{name} gradients in {objective}",
+                                    total=math.ceil(len(pairs[name]) / cfg["batch_size"]),
+                                    token_budget=common.token_budget(cfg["micro_batch_tokens"], device))
 
-    started = time.perf_counter()
-    axes = neuron_axes(model)
-    # harmless first: the helpful pass projects each batch on its direction, so no pass is needed twice
-    harmless, _, pairs_harmless = gradients("harmless")
-    helpful, projections, pairs_helpful = gradients("helpful", unit_directions(harmless, axes))
-    cosine, help_norm, harm_norm = per_neuron(helpful, harmless, axes)
-    del helpful, harmless
-    p_value, exact, patterns = sign_flip_test(projections.numpy(), cfg["draws"],
-                                              common.random_generator(objective, seed, "conflict-sign-flip"))
-    p_value[numpy.isnan(cosine.numpy())] = math.nan  # a zero gradient is no test (its p would read 1)
-    seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        axes = neuron_axes(model)
+        # harmless first: the helpful pass projects each batch on its direction, so no pass is needed twice
+        harmless, _, pairs_harmless = gradients("harmless")
+        helpful, projections, pairs_helpful = gradients("helpful", unit_directions(harmless, axes))
+        cosine, help_norm, harm_norm = per_neuron(helpful, harmless, axes)
+        del helpful, harmless
+        p_value, exact, patterns = sign_flip_test(projections.numpy(), cfg["draws"],
+                                                  common.random_generator(objective, seed, "conflict-sign-flip"))
+        p_value[numpy.isnan(cosine.numpy())] = math.nan  # a zero gradient is no test (its p would read 1)
+        seconds = time.perf_counter() - started
 
-    write_conflict(path, cfg, objective, seed, settings, cosine, help_norm, harm_norm, p_value, projections,
-                   exact, patterns, pairs_helpful, pairs_harmless)
-    common.say(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
-               f"harmless pairs in {seconds:.1f} s → {path}")
-    return {"objective": objective, "seed": seed, "pairs_helpful": pairs_helpful, "pairs_harmless": pairs_harmless,
-            "batches": len(projections), "exact": exact, "seconds": round(seconds, 2)}
+        write_conflict(path, cfg, objective, seed, settings, cosine, help_norm, harm_norm, p_value, projections,
+                       exact, patterns, pairs_helpful, pairs_harmless)
+        common.say(f"{tag} conflict from {pairs_helpful} helpful ({len(projections)} batches) + {pairs_harmless} "
+                   f"harmless pairs in {seconds:.1f} s → {path}")
+        return {"objective": objective, "seed": seed, "pairs_helpful": pairs_helpful, "pairs_harmless": pairs_harmless,
+                "batches": len(projections), "exact": exact, "seconds": round(seconds, 2)}
 
 
 def write_conflict(path, cfg, objective, seed, settings, cosine, help_norm, harm_norm, p_value, projections, exact,

@@ -62,9 +62,13 @@ def main(**cfg):
 
     # score (what is missing or stale)
     pairs = common.training_pairs(cfg, [objective for objective, _ in runs])
-    scored = [common.compute_neuron_files(cfg, run / "rm", objective, seed, methods,
-                                          common.neuron_dir(run, cfg["site"]), lambda: pairs, device, dtype)
-              for (objective, seed), run in runs.items()]
+    scored = [common.compute_neuron_files(cfg, runs[key] / "rm", *key, methods,
+                                          common.neuron_dir(runs[key], cfg["site"]), lambda: pairs, device, dtype)
+              for key in common.shard_order(runs, cfg["shard"])]
+    if common.shard_done(cfg, "neurons.py"):
+        if cfg["validate_attribution"]:
+            common.say("note: --validate-attribution runs in the run without --shard, beside the tables")
+        return
     files = {(objective, seed, method): read_file(cfg, run, objective, seed, method)
              for (objective, seed), run in runs.items() for method in methods}
     # the attribution's predictions against real ablations (opt-in), then tables from what the files record

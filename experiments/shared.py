@@ -94,12 +94,17 @@ def main(**cfg):
     ablated_rm = cfg["within"] or "mixed"
     items = common.cap_items(common.held_out_items(ablated_rm, cfg), cfg["max_items"]) + bench.items
     pairs = functools.cache(lambda: common.training_pairs(cfg, common.OBJECTIVES))  # only for missing files
+    seeds = common.shard_order(cfg["seed"], cfg["shard"])
     scored = [common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"],
                                           folder, pairs, device, dtype, keys=common.NEURON_IDENTITY, tag=tag)
-              for seed in cfg["seed"] for tag, run, objective, folder in neuron_sources(cfg, runs, seed).values()]
+              for seed in seeds for tag, run, objective, folder in neuron_sources(cfg, runs, seed).values()]
 
-    # run
-    results = {seed: run_seed(cfg, seed, runs, items, tasks, device, dtype) for seed in cfg["seed"]}
+    # run (with --shard, only the seeds whose neuron files no other job is making)
+    left = {line["seed"] for line in scored if "left" in line}
+    results = {seed: run_seed(cfg, seed, runs, items, tasks, device, dtype) for seed in seeds if seed not in left}
+    if common.shard_done(cfg, "shared.py"):
+        return
+    results = {seed: results[seed] for seed in cfg["seed"]}
 
     # analyse and save
     (write_within if cfg["within"] else write_results)(cfg, results, tasks, out)
@@ -252,11 +257,13 @@ def run_seed(cfg, seed, runs, items, tasks, device, dtype) -> dict:
                                         ablated=(cfg["ablation"], mask, values), desc=f"{rm_type} seed {seed} {label}",
                                         force=cfg["force"])
             timing["sets"][label] = {"neurons": size, "seconds": round(time.perf_counter() - started, 2)}
+        if base is None or scores is None:  # --shard left it to another job
+            continue
         partition_rows += [{"seed": seed, "method": method, "tau": tau, "partition": name, "neurons": size, **row}
                            for row in common.accuracy_rows(items, scores, tasks, base=base)]
     for note in notes:
         common.say(f"note: {note}")
-    if not cfg["within"]:  # conflict.py's input is the paper's partitions
+    if not cfg["within"] and not cfg["shard"]:  # conflict.py's input is the paper's partitions, whole
         save_partitions(cfg, run, model, items, dtype, partition_rows, set_hashes)
     return {"overlap": overlap_rows, "curve": curve_rows, "layers": layer_rows, "partitions": partition_rows,
             "notes": notes, "timing": timing, "shape": tuple(files["mixed", cfg["method"][0]].score.shape)}

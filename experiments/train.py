@@ -5,6 +5,7 @@
         --data-dir ../shared/data/hh-rlhf --train-split test --eval-fraction 0.2 --max-pairs 600
     python experiments/train.py --model gpt2-medium --seed 0 --seed 1 --seed 2        # the hub, paper setup
     accelerate launch experiments/train.py --model smollm2-360m                       # several GPUs
+    python experiments/train.py --model gpt2-medium --seed 0 --seed 1 --seed 2 --shard 1/3   # job 1 of 3 (SLURM)
     python experiments/train.py --model smollm2-135m-instruct-q4 --objective mixed --template chat \\
         --data-dir ../shared/data/hh-rlhf --train-split test --max-pairs 400      # through its chat template
 
@@ -53,10 +54,12 @@ import common
 @common.results_option
 def main(**cfg):
     device, dtype = common.start_step(cfg)
-    for objective in cfg["objective"]:
-        for seed in cfg["seed"]:
-            train_one(cfg, objective, seed, device, dtype)
-    if PartialState().is_main_process:
+    state = PartialState(cpu=device.type == "cpu")  # the processes of accelerate launch meet before the first lock
+    for objective, seed in common.shard_order([(o, s) for o in cfg["objective"] for s in cfg["seed"]], cfg["shard"]):
+        train_one(cfg, objective, seed, device, dtype)
+    if common.shard_done(cfg, "train.py"):
+        return
+    if state.is_main_process:
         write_results(cfg, common.step_dir(cfg["results_dir"], cfg["model"], "train"))
 
 
@@ -190,26 +193,29 @@ def train_one(cfg, objective, seed, device, dtype):
     out = common.rm_dir(cfg["runs_dir"], cfg["model"], objective, seed)
     tag = f"[{objective} seed {seed}]"
     data = load_data(cfg, objective, seed, tag)
-    if common.reuse(out / "train.json", trained_settings, trained_wanted(cfg, data), force=cfg["force"], tag=tag + " ",
-                    redo="retraining"):
-        click.echo(f"{tag} already trained: {out} (use --force to retrain)")
-        return
-    accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "no", cpu=device.type == "cpu")
-    run = build_run(cfg, objective, seed, dtype, data, accelerator)
-    checkpoint = out / "checkpoint"
-    progress = resume(accelerator, checkpoint, run, cfg["force"], tag)
-    resumed_from = progress["step"]
-    train_steps(accelerator, run, progress, checkpoint, cfg, f"train {objective} seed{seed}")
-    if progress["step"] < len(run.steps):
-        click.echo(f"{tag} stopped at step {progress['step']} of {len(run.steps)} (--max-steps); "
-                   "run the same command again to continue")
-        return
-    if accelerator.is_main_process:
-        # `options` as given on the command line: what a suggested command for a sibling RM repeats
-        config = {**cfg, "objective": objective, "seed": seed, "dtype": str(dtype), "device": str(device),
-                  "options": cfg, PAIRS: run.options[PAIRS]}
-        evaluate_and_save(accelerator, run, data, progress, resumed_from, out, config, tag)
-    accelerator.wait_for_everyone()
+    with common.unit_lock(out, cfg["shard"], f"{objective} seed {seed} training") as mine:
+        if not mine:
+            return
+        if common.reuse(out / "train.json", trained_settings, trained_wanted(cfg, data), force=cfg["force"],
+                        tag=tag + " ", redo="retraining"):
+            click.echo(f"{tag} already trained: {out} (use --force to retrain)")
+            return
+        accelerator = Accelerator(mixed_precision="bf16" if dtype == torch.bfloat16 else "no", cpu=device.type == "cpu")
+        run = build_run(cfg, objective, seed, dtype, data, accelerator)
+        checkpoint = out / "checkpoint"
+        progress = resume(accelerator, checkpoint, run, cfg["force"], tag)
+        resumed_from = progress["step"]
+        train_steps(accelerator, run, progress, checkpoint, cfg, f"train {objective} seed{seed}")
+        if progress["step"] < len(run.steps):
+            click.echo(f"{tag} stopped at step {progress['step']} of {len(run.steps)} (--max-steps); "
+                       "run the same command again to continue")
+            return
+        if accelerator.is_main_process:
+            # `options` as given on the command line: what a suggested command for a sibling RM repeats
+            config = {**cfg, "objective": objective, "seed": seed, "dtype": str(dtype), "device": str(device),
+                      "options": cfg, PAIRS: run.options[PAIRS]}
+            evaluate_and_save(accelerator, run, data, progress, resumed_from, out, config, tag)
+        accelerator.wait_for_everyone()
 
 
 def load_data(cfg, objective, seed, tag) -> Data:

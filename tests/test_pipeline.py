@@ -8,6 +8,7 @@ import contextlib
 import csv
 import fcntl
 import io
+import json
 import os
 import re
 import shutil
@@ -227,3 +228,68 @@ def test_a_second_run_in_the_same_checkout_is_refused_while_the_first_runs(demo,
         assert second.returncode == 1 and "another run_all.sh" in second.stderr
     finally:
         kill(checkout, first)
+
+
+FAKE_SBATCH = """#!{python}
+import json, sys
+from pathlib import Path
+calls = Path({log!r})
+previous = calls.read_text().splitlines() if calls.exists() else []
+calls.write_text("".join(line + "\\n" for line in previous + [json.dumps(sys.argv[1:])]))
+print(1000 + len(previous))
+"""
+
+
+def test_the_slurm_script_runs_each_step_as_concurrent_shards_and_its_last_job_writes_the_one_run_tables(demo,
+                                                                                                        tmp_path):
+    """docs/slurm/submit_paper.sh with PRESET=demo and JOBS=2 against a stand-in for sbatch that records each
+    submission; the test then runs every array's jobs at once (each step after the previous one, as afterany
+    orders them) and the last job. Two RMs of each seed-1 pair are gone, so each shard has units of every step."""
+    reference, _ = demo
+    checkout = copy_of(reference, tmp_path / "rm-tension")
+    shutil.rmtree(checkout / "results" / MODEL)
+    for objective in ("harmless", "mixed"):
+        shutil.rmtree(checkout / "runs" / MODEL / objective / "seed1")
+    bin_dir, log = tmp_path / "bin", tmp_path / "sbatch.calls"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(python=sys.executable, log=str(log)))
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "RMT_VENV": str(VENV), "PATH": f"{bin_dir}:{os.environ['PATH']}", "PRESET": "demo",
+           "JOBS": "2", **dict(override.split("=", 1) for override in SHORTER)}
+    submitted = subprocess.run(["bash", "docs/slurm/submit_paper.sh"], cwd=checkout, env=env, capture_output=True,
+                               text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(calls) == 7
+    for index, call in enumerate(calls[1:], start=1):  # each after the previous one
+        assert f"--dependency=afterany:{1000 + index - 1}" in call
+
+    def job(wrap: str, task: int | None) -> subprocess.Popen:
+        out = (tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.out").open("w")
+        return subprocess.Popen(["bash", "-c", wrap], cwd=checkout, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env={**env, "SLURM_ARRAY_TASK_ID": str(task)}, start_new_session=True)
+
+    step_outputs = {}
+    for call, step in zip(calls[:6], ("train", "behaviour", "neurons", "ablate", "shared", "conflict")):
+        assert "--array=1-2" in call and f"STEP={step}" in call[-1]
+        jobs = [job(call[-1], task) for task in (1, 2)]
+        for process in jobs:
+            assert process.wait(timeout=600) == 0, [p.read_text() for p in sorted(tmp_path.glob("job-*.out"))]
+        step_outputs[step] = "".join(p.read_text() for p in sorted(tmp_path.glob("job-*.out"))[-2:])
+    assert "--array" not in " ".join(calls[6]) and "SHARD" not in calls[6][-1]
+    before = file_times(checkout)
+    last = job(calls[6][-1], None)
+    assert last.wait(timeout=600) == 0
+    printed_last = sorted(tmp_path.glob("job-*.out"))[-1].read_text()
+
+    # every unit once, by one of the two shards, and both shards had work
+    training = step_outputs["train"].replace("\r", "\n")
+    for rm in ("harmless seed 1", "mixed seed 1"):
+        assert training.count(f"[{rm}] eval_accuracy") == 1, training
+    assert training.count("shard 1/2 done") == training.count("shard 2/2 done") == 1
+    # the last job computes nothing: it reuses every unit and only writes tables (and shared.py's partition file)
+    assert printed_last.count("already trained") == 6, printed_last
+    changed = {p for p, t in file_times(checkout).items() if before.get(p) != t}
+    assert changed and all(p.endswith("partitions.json") for p in changed), sorted(changed)
+    assert_same_tables(tables(checkout), tables(reference))
+    assert not leftovers(checkout) and not list((checkout / "runs").rglob(".*.lock"))

@@ -25,6 +25,10 @@ def test_an_unknown_preset_or_step_is_refused_with_the_choices():
     assert result.returncode == 2 and "no preset 'huge'" in result.stderr and "demo" in result.stderr
     result = run_all("--force", "everything")
     assert result.returncode == 2 and "--force everything: no such step" in result.stderr
+    result = run_all("STEP=grid")
+    assert result.returncode == 2 and "STEP=grid: no such step" in result.stderr
+    result = run_all("SHARD=2")
+    assert result.returncode == 2 and "SHARD=2: K/N" in result.stderr
 
 
 @needs_setup_venv
