@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import glob
 import gzip
 import hashlib
@@ -179,15 +180,31 @@ def _alive(pid: int) -> bool:
 
 
 def remove_dead_temporaries(path: Path) -> None:
-    """Delete the temporary files of `path` that runs on this machine left when they died (SIGKILL, a crash):
-    atomic_path names them .<name>.<host>-<pid>.<random>.tmp, so a live run's (this machine's or another's on a
-    shared disk) is never touched, and none outlives the next write of the same file."""
+    """Delete the temporary files (and folders) of `path` that runs on this machine left when they died (SIGKILL, a
+    crash): atomic_path and TemporaryFolder name them .<name>.<host>-<pid>.<random>.tmp, so a live run's (this
+    machine's or another's on a shared disk) is never touched, and none outlives the next one of the same name."""
     host = socket.gethostname().replace(".", "_")
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         owner = tmp.name[len(path.name) + 2:].split(".", 1)[0]
         owner_host, _, pid = owner.rpartition("-")
         if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
+class TemporaryFolder:
+    """A new empty folder .<name>.<host>-<pid>.<random>.tmp in `parent` (`path`), deleted with this object: when it
+    is freed or the process exits, or, should the process be killed, by the next one of the same name."""
+
+    def __init__(self, parent: Path, name: str):
+        import weakref
+
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(parent / name)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{name}.{_owner()}.", suffix=".tmp", dir=parent))
+        weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
 @contextlib.contextmanager
@@ -973,23 +990,88 @@ def new_reward_model(name: str, seed: int, template: str = "hh"):
 @dataclass(frozen=True)
 class Reading:
     """How an RM is read besides its weights (--template, --trust-remote-code, --reward-index,
-    --attn-implementation); the default is how train.py's RMs are read."""
+    --attn-implementation) and where it is placed (--device-map, --max-memory); the default is how train.py's RMs
+    are read, whole on one device."""
     template: str = "hh"
     trust_remote_code: bool = False
     reward_index: int | None = None
     attn_implementation: str | None = None
+    device_map: str | None = None  # accelerate's placement: auto, balanced, balanced_low_0 or sequential
+    max_memory: dict | None = None  # {GPU index or "cpu": bytes}, as parse_max_memory gives it
 
     def key(self, form: InputFormat) -> dict | None:
         """What it adds to the key of everything computed from the RM: None for the default reading (what a record
-        made before these options holds, so those still stand); the permission to run remote code changes no number."""
+        made before these options holds, so those still stand); the permission to run remote code and where the
+        weights are placed change no number."""
         entries = {"template": form.key, "reward_index": self.reward_index,
                    "attn_implementation": self.attn_implementation}
         return {k: v for k, v in entries.items() if v is not None} or None
 
 
+DEVICE_MAPS = ("none", "auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_max_memory(text: str) -> dict:
+    """--max-memory `0=20GiB,1=20GiB,cpu=60GiB` as from_pretrained's max_memory, {0: bytes, 1: bytes, "cpu": bytes}:
+    GPU indices and cpu, each with a size in bytes or with a unit (GiB, MiB, GB, MB, …)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    memory = {}
+    for entry in text.split(","):
+        key, sep, size = (part.strip() for part in entry.partition("="))
+        try:
+            value = int(size) if size.isdigit() else convert_file_size_to_int(size)
+        except ValueError:
+            value = None
+        if not sep or not (key.isdigit() or key == "cpu") or value is None:
+            raise RMTError(f"--max-memory {text}: expected DEVICE=SIZE,… with DEVICE a GPU index or cpu and SIZE in "
+                           "bytes or with a unit, e.g. 0=20GiB,1=20GiB,cpu=60GiB", usage=True)
+        device = int(key) if key.isdigit() else key
+        if device in memory:
+            raise RMTError(f"--max-memory {text}: {key} is given twice", usage=True)
+        memory[device] = value
+    return memory
+
+
 def reading_of(cfg: dict) -> Reading:
+    device_map = cfg.get("device_map") or "none"
     return Reading(cfg.get("template", "hh"), cfg.get("trust_remote_code", False), cfg.get("reward_index"),
-                   cfg.get("attn_implementation"))
+                   cfg.get("attn_implementation"), None if device_map == "none" else device_map,
+                   parse_max_memory(cfg["max_memory"]) if cfg.get("max_memory") else None)
+
+
+def placement(reading: Reading, device: torch.device) -> dict:
+    """from_pretrained's device_map and max_memory for `reading` on `device` ({}: the RM whole on `device`).
+    accelerate fills the GPUs --max-memory names (by default every GPU, as much as each has free), then the CPU,
+    then the disk; with --device cpu, the CPU, then the disk. Refused: --max-memory without --device-map, a device
+    map in several processes (each would place a whole RM over the same devices), and memory at odds with
+    --device."""
+    memory = reading.max_memory
+    if reading.device_map is None:
+        if memory:
+            raise RMTError("--max-memory says what --device-map may put on each device: pass --device-map auto (or "
+                           "balanced, sequential) with it", usage=True)
+        return {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RMTError("--device-map spreads one RM over this machine's devices, while several processes (torchrun, "
+                       "accelerate launch) each hold a whole RM: use one or the other", usage=True)
+    gpus = sorted(k for k in memory or {} if k != "cpu")
+    if device.type == "cpu":
+        if gpus:
+            raise RMTError(f"--max-memory {gpus[0]}=…: with --device cpu the RM computes on the CPU, so name cpu "
+                           "alone (what does not fit goes to the disk)", usage=True)
+        if memory is None:  # accelerate's default would fill the GPUs first
+            import psutil
+
+            memory = {"cpu": psutil.virtual_memory().available}
+    elif memory is not None:
+        if not gpus:
+            raise RMTError("--max-memory names no GPU, so nothing would compute on --device cuda: give one its share "
+                           "(0=20GiB,cpu=60GiB) or pass --device cpu", usage=True)
+        if gpus[-1] >= torch.cuda.device_count():
+            raise RMTError(f"--max-memory {gpus[-1]}=…: torch sees {torch.cuda.device_count()} GPU(s), numbered from "
+                           "0", usage=True)
+    return {"device_map": reading.device_map, "max_memory": memory}
 
 
 HEAD_FAMILIES_FILE = DATA_DIR / "reward_heads.json"
@@ -1025,6 +1107,13 @@ def load_reward_model(path: str | os.PathLike, device: torch.device, reading: Re
                        f"{', '.join(sorted(config.get('auto_map') or {})) or 'none'}); read it, then pass "
                        "--trust-remote-code to run it", usage=True)
     options = {"attn_implementation": reading.attn_implementation} if reading.attn_implementation else {}
+    placed = placement(reading, device)
+    if placed:
+        gc.collect()  # an RM loaded before may live on in reference cycles (accelerate's hooks), holding the devices
+        # Weights accelerate offloads to the disk and must rewrite (a checkpoint without safetensors) go to a folder
+        # in the RM's run folder, which goes with the model.
+        offload = TemporaryFolder(path.parent, "offload")
+        options.update(placed, offload_folder=str(offload.path))
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=torch.float32, trust_remote_code=reading.trust_remote_code, output_loading_info=True,
@@ -1052,7 +1141,47 @@ def load_reward_model(path: str | os.PathLike, device: torch.device, reading: Re
         raise RMTError(f"--reward-index {index}: the head '{family['head']}' of {path} has {outputs} output(s)",
                        usage=True)
     model.rmt_reward = (family["head"], index or 0)  # what rewards() reads
-    return model.to(device).eval(), load_tokenizer(str(path), reading.template)
+    if not placed:
+        model.to(device)
+    else:
+        model.rmt_offload = offload
+        spread = {}
+        for module, where in getattr(model, "hf_device_map", {}).items():
+            spread.setdefault(str(where), []).append(module)
+        say(f"--device-map {reading.device_map}: {path} " + ("; ".join(
+            f"{where}: {modules[0]}" + (f" … {modules[-1]} ({len(modules)} modules)" if len(modules) > 1 else "")
+            for where, modules in spread.items()) if spread
+            else f"whole on {input_device(model)}"))
+    return model.eval(), load_tokenizer(str(path), reading.template)
+
+
+def input_device(model) -> torch.device:
+    """Where a batch goes: the device of the RM's input embeddings. Embeddings accelerate offloaded (their weight
+    on 'meta' between forwards) compute on its hook's execution device."""
+    if not hasattr(model, "hf_device_map"):
+        return next(model.parameters()).device
+    embeddings = model.get_input_embeddings()
+    if embeddings.weight.device.type == "meta":
+        return torch.device(embeddings._hf_hook.execution_device)
+    return embeddings.weight.device
+
+
+def place_like(model, placed, where: Path):
+    """`model` — the backbone the RM `placed` was fine-tuned from, with the same modules — on the devices of the RM,
+    module by module where accelerate spread it (its disk-offloaded weights in a folder in `where`, which goes with
+    the model)."""
+    device_map = getattr(placed, "hf_device_map", None)
+    if device_map is None:
+        return model.to(input_device(placed))
+    from accelerate import dispatch_model
+
+    model.rmt_offload = TemporaryFolder(where, "offload")
+    try:
+        return dispatch_model(model, device_map, offload_dir=str(model.rmt_offload.path),
+                              skip_keys=getattr(model, "_skip_keys_device_placement", None))
+    except ValueError as err:  # the map names modules this model lacks, or misses some it has
+        raise RMTError(f"the backbone cannot be placed like the RM ({str(err).strip()[:200]}): the change method "
+                       "needs the RM's own modules; drop --device-map, or the change method") from None
 
 
 # The content hash of an RM's weights identifies it in every cache key. train.py records it when it saves the RM
@@ -1591,7 +1720,7 @@ def rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tor
     """The reward of every row: the head (load_reward_model's `rmt_reward`: its module and output; `score`, output
     0 for a model made here) on the last real token's hidden state."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    last = attention_mask.sum(dim=1) - 1
+    last = (attention_mask.sum(dim=1) - 1).to(hidden.device)  # a spread RM ends on another device than it starts
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     head, index = getattr(model, "rmt_reward", ("score", 0))
     return model.get_submodule(head)(pooled)[:, index].float()
@@ -1616,10 +1745,11 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int, max_len
     model.eval()
     batches = length_sorted_batches([len(s) for s in ids], batch_size)
     mine = []
+    inputs = input_device(model)
     with hooks or contextlib.nullcontext():
         for batch in progress(list(my_share(batches)), desc=desc, unit="batch"):
             input_ids, mask = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id)
-            input_ids, mask = input_ids.to(device), mask.to(device)
+            input_ids, mask = input_ids.to(inputs), mask.to(inputs)
             if on_batch is not None:
                 on_batch(batch, mask)
             with autocast(device, dtype):
@@ -1849,16 +1979,22 @@ def ablation_hooks(model, site: str, selected: torch.Tensor, values: torch.Tenso
                          f"{list(selected.shape)}")
     if values is not None and tuple(values.shape) != shape:
         raise ValueError(f"values must have shape {list(shape)}, got {list(values.shape)}")
-    device = next(model.parameters()).device
-    units = {layer: row.nonzero().flatten().to(device) for layer, row in enumerate(selected) if row.any()}
-    replacement = {layer: (torch.zeros(len(idx), device=device) if values is None
-                           else values[layer, idx.cpu()].float().to(device)) for layer, idx in units.items()}
+    units = {layer: row.nonzero().flatten() for layer, row in enumerate(selected) if row.any()}
+    replacement = {layer: (torch.zeros(len(idx)) if values is None else values[layer, idx.cpu()].float())
+                   for layer, idx in units.items()}
+    # each layer's on the device and in the dtype its activations come in (accelerate may spread the layers over
+    # several devices), moved on its first batch only
+    placed = {}
 
     def replace(layer, acts):
         if layer not in units:
             return None
+        where = (layer, acts.device, acts.dtype)
+        if where not in placed:
+            placed[where] = units[layer].to(acts.device), replacement[layer].to(acts.device, acts.dtype)
+        index, value = placed[where]
         out = acts.clone()  # not in place: autograd may still need the original (attribution)
-        out[..., units[layer]] = replacement[layer].to(acts.dtype)
+        out[..., index] = value
         return out
 
     with mlp_hooks(model, site, replace) if units else contextlib.nullcontext():
@@ -1908,6 +2044,8 @@ class ScoringPass:
 
     Memory is [layers, d_mlp] per statistic plus one float per pair; with `base`, one batch's base activations
     of every layer are held until the trained model reaches that layer (lower --batch-size if that is too much).
+    Where accelerate spread the RM over several devices, each device holds its own sums of the layers it computes
+    (one more [layers, d_mlp] per statistic there), added into the input device's after the pass.
     """
 
     def __init__(self, model, base=None, site="act"):
@@ -1916,16 +2054,25 @@ class ScoringPass:
         self.kernels = rmt_kernels
         self.model, self.base, self.site = model, base, site
         self.shape = mlp_shape(model)
-        device = next(model.parameters()).device
-
-        def stats(names):
-            return {**{n: torch.zeros(self.shape, dtype=torch.float64, device=device) for n in names},
-                    "tokens": torch.zeros(self.shape[0], dtype=torch.int64, device=device)}
-
-        self.act = {side: stats(ACT_STATS) for side in SIDES}
-        self.diff = {side: stats(("sq_sum",)) for side in SIDES} if base is not None else None
+        self.home = input_device(model)
+        self.sums = {}  # device -> (act, diff): the sums of the layers computed there
+        self.act, self.diff = self.sums_on(self.home)
         self.pair_sq = []  # (pair indices, Σ over neurons of (mean_chosen − mean_rejected)²) per batch
         self.base_acts = {}
+
+    def sums_on(self, device):
+        if device not in self.sums:
+            def stats(names):
+                return {**{n: torch.zeros(self.shape, dtype=torch.float64, device=device) for n in names},
+                        "tokens": torch.zeros(self.shape[0], dtype=torch.int64, device=device)}
+
+            self.sums[device] = ({side: stats(ACT_STATS) for side in SIDES},
+                                 {side: stats(("sq_sum",)) for side in SIDES} if self.base is not None else None)
+        return self.sums[device]
+
+    def tensors(self, device) -> list[torch.Tensor]:
+        act, diff = self.sums[device]
+        return [tensor for group in (*act.values(), *(diff or {}).values()) for tensor in group.values()]
 
     def run(self, batches, device, dtype, total=None, desc="neurons"):
         """Accumulate over `batches` as made by pair_batches (this rank's share of them; then the sums of all)."""
@@ -1936,15 +2083,18 @@ class ScoringPass:
                 stack.enter_context(mlp_hooks(self.base, self.site, self.keep_base))
             for batch, input_ids, mask in progress(my_share(batches), total=share_count(total), desc=desc,
                                                    unit="batch"):
-                input_ids, mask = input_ids.to(device), mask.to(device)
+                input_ids, mask = input_ids.to(self.home), mask.to(self.home)
                 self.start_batch(batch, mask)
                 with autocast(device, dtype):
                     if self.base is not None:
                         self.base.base_model(input_ids=input_ids, attention_mask=mask)
                     self.model.base_model(input_ids=input_ids, attention_mask=mask)
                 self.pair_sq.append((self.batch, self.batch_sq.cpu()))
-        stats = [*self.act.values(), *(self.diff or {}).values()]
-        sum_over_ranks(*(tensor for group in stats for tensor in group.values()))
+        for elsewhere in self.sums:
+            if elsewhere != self.home:  # a layer's sums are 0 on every other device, so adding them is exact
+                for total_sum, part in zip(self.tensors(self.home), self.tensors(elsewhere)):
+                    total_sum += part.to(self.home)
+        sum_over_ranks(*self.tensors(self.home))
         self.pair_sq = [entry for part in gather_over_ranks(self.pair_sq) for entry in part]
 
     def start_batch(self, batch, mask):
@@ -1952,24 +2102,32 @@ class ScoringPass:
         self.batch = batch
         self.rows = {"chosen": slice(0, n), "rejected": slice(n, 2 * n)}
         self.mask = mask.bool()
-        self.means = {side: torch.empty(n, self.shape[1], device=mask.device) for side in SIDES}
         self.batch_sq = torch.zeros(n, dtype=torch.float64, device=mask.device)
+        self.on_device = {}  # device -> (this batch's mask there, per-example means buffers there)
+
+    def batch_on(self, device):
+        if device not in self.on_device:
+            self.on_device[device] = (self.mask.to(device), {
+                side: torch.empty(len(self.batch), self.shape[1], device=device) for side in SIDES})
+        return self.on_device[device]
 
     def keep_base(self, layer, acts):
         self.base_acts[layer] = acts
 
     def record(self, layer, acts):
         acts = acts.contiguous()
+        act, diff = self.sums_on(acts.device)
+        mask, means = self.batch_on(acts.device)
         for side, rows in self.rows.items():
-            s = self.act[side]
-            self.kernels.accumulate_(acts[rows], self.mask[rows], s["sum"][layer], s["abs_sum"][layer],
+            s = act[side]
+            self.kernels.accumulate_(acts[rows], mask[rows], s["sum"][layer], s["abs_sum"][layer],
                                      s["sq_sum"][layer], s["pos_count"][layer], s["tokens"][layer],
-                                     example_mean=self.means[side])
-            if self.diff is not None:
-                d = self.diff[side]
-                self.kernels.accumulate_sq_diff_(acts[rows], self.base_acts[layer][rows].contiguous(),
-                                                 self.mask[rows], d["sq_sum"][layer], d["tokens"][layer])
-        self.batch_sq += (self.means["chosen"] - self.means["rejected"]).double().square().sum(1)
+                                     example_mean=means[side])
+            if diff is not None:
+                d = diff[side]
+                self.kernels.accumulate_sq_diff_(acts[rows], self.base_acts[layer][rows].to(acts.device).contiguous(),
+                                                 mask[rows], d["sq_sum"][layer], d["tokens"][layer])
+        self.batch_sq += (means["chosen"] - means["rejected"]).double().square().sum(1).to(self.batch_sq.device)
         self.base_acts.pop(layer, None)
 
     def tokens(self, side):
@@ -2000,7 +2158,7 @@ class AttributionPass:
     def __init__(self, model, site="act"):
         self.model, self.site = model, site
         self.shape = mlp_shape(model)
-        self.delta_sum = torch.zeros(self.shape, dtype=torch.float64, device=next(model.parameters()).device)
+        self.delta_sum = torch.zeros(self.shape, dtype=torch.float64, device=input_device(model))
         self.pairs = 0
 
     def run(self, batches, device, dtype, total=None, desc="attribution", token_budget: int | None = None):
@@ -2010,19 +2168,24 @@ class AttributionPass:
             acts[layer] = a
 
         self.model.eval()
+        inputs = self.delta_sum.device
         with torch.enable_grad(), mlp_hooks(self.model, self.site, keep):
             for batch, batch_ids, batch_mask in progress(my_share(batches), total=share_count(total), desc=desc,
                                                          unit="batch"):
                 for input_ids, mask, n in pair_micro_batches(batch_ids, batch_mask, len(batch), token_budget):
-                    input_ids, mask = input_ids.to(device), mask.to(device)
+                    input_ids, mask = input_ids.to(inputs), mask.to(inputs)
                     with autocast(device, dtype):
                         reward = rewards(self.model, input_ids, mask)
                     # Pairs are independent, so the gradient of the summed margins holds each pair's own ∂m/∂a.
                     grads = torch.autograd.grad((reward[:n] - reward[n:]).sum(),
                                                 [acts[i] for i in range(self.shape[0])])
-                    real = mask[..., None].double()
+                    real = {inputs: mask[..., None].double()}  # where each layer's activations are
                     for layer, grad in enumerate(grads):
-                        self.delta_sum[layer] -= (acts[layer].detach().double() * grad.double() * real).sum(dim=(0, 1))
+                        act = acts[layer].detach()
+                        if act.device not in real:
+                            real[act.device] = real[inputs].to(act.device)
+                        self.delta_sum[layer] -= (act.double() * grad.double() * real[act.device]).sum(
+                            dim=(0, 1)).to(inputs)
                     self.pairs += n
                     acts.clear()
         pairs = torch.tensor([self.pairs], dtype=torch.float64, device=self.delta_sum.device)
@@ -2190,10 +2353,11 @@ def score_neurons(cfg: dict, rm: Path, objective: str, seed: int, methods: Seque
     base = None
     if "change" in methods:
         backbone = cfg.get("backbone") or cfg["model"]  # with --rm, the --model they were fine-tuned from
-        base = new_reward_model(backbone, seed)[0].to(device).eval()  # the backbone before training
+        base = new_reward_model(backbone, seed)[0]  # the backbone before training
         if mlp_shape(base) != mlp_shape(model):
             raise RMTError(f"[{objective} seed {seed}] the RM's MLP grid {mlp_shape(model)} differs from --model "
                            f"{backbone}'s {mlp_shape(base)}: pass the model it was trained from")
+        base = place_like(base, model, rm.parent).eval()
     total = math.ceil(len(pairs) / cfg["batch_size"])
     scoring = ScoringPass(model, base, site=cfg["site"])
     batches = pair_batches(*encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)
@@ -2895,6 +3059,14 @@ reading_options = options(
     click.option("--attn-implementation", type=click.Choice(["eager", "sdpa", "flash_attention_2"]), default=None,
                  help="transformers' attention implementation (default: its own choice); recorded with every "
                       "output and part of every cache key, as it can move scores."),
+    click.option("--device-map", type=click.Choice(DEVICE_MAPS), default="none",
+                 help="An RM larger than one device: accelerate spreads its layers over the GPUs, then the CPU, then "
+                      "the disk (from_pretrained's device_map; balanced_low_0 spares GPU 0); none keeps it whole on "
+                      "--device. Changes no number and no cache key; not with several processes (torchrun)."),
+    click.option("--max-memory", metavar="DEVICE=SIZE,…", default=None,
+                 help="With --device-map: the most each device may hold, e.g. 0=20GiB,1=20GiB,cpu=60GiB (GPU indices "
+                      "and cpu; only those are used, then the disk, in a temporary folder in the RM's run folder). "
+                      "Default: what each device has free."),
 )
 results_option = click.option("--results-dir", type=click.Path(file_okay=False), default="results",
                               help="Where tables, figures and report.md go.")
@@ -3091,14 +3263,16 @@ def with_external_rms(cfg: dict, given: set[str]) -> dict:
 
 
 def start_analysis(cfg: dict, objectives: Sequence[str] | None = None, missing_ok: bool = False):
-    """The first lines of every analysis step, before any data is loaded: start_step, the RMs (those of
-    `objectives`, by default of --objective; every one asked for, or with `missing_ok` those there are, the others
-    named with their train command; or those --rm names) and the data options they were trained with. Returns (cfg
-    with those options, {(objective, seed): run}, {missing RM: command}, device, dtype)."""
+    """The first lines of every analysis step, before any data is loaded: start_step, the RMs' placement
+    (--device-map, --max-memory), the RMs (those of `objectives`, by default of --objective; every one asked for, or
+    with `missing_ok` those there are, the others named with their train command; or those --rm names) and the data
+    options they were trained with. Returns (cfg with those options, {(objective, seed): run}, {missing RM:
+    command}, device, dtype)."""
     given = given_options()
     if cfg.get("rm"):
         cfg = with_external_rms(cfg, given)
     device, dtype = start_step(cfg)
+    placement(reading_of(cfg), device)  # a bad --device-map / --max-memory is refused before any work
     start_processes(device)
     runs, missing = find_runs(cfg, cfg["objective"] if objectives is None else objectives, cfg["seed"])
     if missing and not (missing_ok and runs):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a CUDA machine with torch, nvcc and no network: build the extension with its CUDA kernels, run the kernel
-# tests, then the GPU benches on random-weight models of real shapes (weights do not change the timings).
+# tests and the test of an RM spread over the GPU and the CPU (--device-map), then the GPU benches on random-weight
+# models of real shapes (weights do not change the timings).
 #   bash bench/gpu_check.sh [OUT_DIR]
-# Needs torch, transformers, click, h5py, pybind11, pytest, tqdm (no datasets / hub access).
+# Needs torch, transformers, accelerate, click, h5py, pybind11, pytest, tqdm (no datasets / hub access).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-/tmp/rmt-gpu}}
@@ -17,6 +18,9 @@ python3 -c "import rmt_kernels as rk; print('backend', rk.backend()); assert rk.
 
 echo "== kernel tests =="
 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider 2>&1 | tee "$OUT/test_kernels.txt" | tail -n 3
+
+echo "== an RM spread over the GPU and the CPU =="
+python3 -m pytest tests/test_device_map.py -q -p no:cacheprovider -k gpu 2>&1 | tee "$OUT/test_device_map.txt" | tail -n 3
 
 echo "== random-weight models of real shapes =="
 python3 - <<'EOF'

@@ -153,14 +153,17 @@ def neuron_dots(a, b, axes) -> torch.Tensor:
         dims = [d for d in range(x.ndim) if d != axis]
         return (x * y).sum(dim=dims) if dims else x * y  # sum(dim=[]) would sum over everything (a bias)
 
-    return torch.stack([sum(reduce(x, y, axis) for x, y, axis in zip(ga, gb, ax)) for ga, gb, ax in zip(a, b, axes)])
+    home = a[0][0].device  # the layers may sit on several devices (--device-map)
+    return torch.stack([sum(reduce(x, y, axis) for x, y, axis in zip(ga, gb, ax)).to(home)
+                        for ga, gb, ax in zip(a, b, axes)])
 
 
 def unit_directions(grads, axes):
     """`grads` with each neuron's concatenated slices scaled to norm 1 (left at 0 where the neuron's norm is 0)."""
     norms = neuron_dots(grads, grads, axes).sqrt()
     scale = torch.where(norms > 0, 1 / norms.clamp_min(1e-300), 0.0)
-    return [[x * scale[layer].reshape([-1 if d == axis else 1 for d in range(x.ndim)]) for x, axis in zip(g, ax)]
+    return [[x * scale[layer].to(x.device).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+             for x, axis in zip(g, ax)]
             for layer, (g, ax) in enumerate(zip(grads, axes))]
 
 
@@ -183,13 +186,14 @@ def neuron_gradients(model, batches, device, dtype, direction=None, desc="gradie
     sums = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in params]
     projections = []
     pairs = 0
+    inputs = common.input_device(model)
     model.eval()
     with torch.enable_grad():
         for index, (batch, batch_ids, batch_mask) in common.progress(
                 common.my_share(enumerate(batches)), total=common.share_count(total), desc=desc, unit="batch"):
             grads = [torch.zeros_like(s) for s in sums]
             for input_ids, mask, n in common.pair_micro_batches(batch_ids, batch_mask, len(batch), token_budget):
-                input_ids, mask = input_ids.to(device), mask.to(device)
+                input_ids, mask = input_ids.to(inputs), mask.to(inputs)
                 with common.autocast(device, dtype):
                     reward = common.rewards(model, input_ids, mask)
                 loss = common.bradley_terry_loss(reward[:n], reward[n:])
@@ -342,6 +346,11 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, 
             common.say(f"{tag} {path} up to date")
             return {"objective": objective, "seed": seed, "reused": True}
         model, tokenizer = common.load_reward_model(run / "rm", device, common.reading_of(cfg))
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise common.RMTError(f"{tag} the gradient conflict differentiates the RM's weights, which accelerate "
+                                  "keeps off the model between forwards where it offloads them (to the CPU or the "
+                                  "disk): give the GPUs room for the whole RM (--max-memory), or drop --device-map",
+                                  usage=True)
 
         def gradients(name, direction=None):
             if not pairs[name]:

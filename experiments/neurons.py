@@ -214,7 +214,8 @@ def validate_attribution(cfg, objective, seed, run, neurons: common.NeuronFile, 
     score, recorded = neurons.score, neurons.extra["signed"]
     pairs = common.subsample(common.scoring_pairs(pairs, cfg, objective, seed), cfg["validate_pairs"], seed)
     max_length = min(cfg["max_length"], common.context_length(model))
-    batches = [(batch, input_ids.to(device), mask.to(device)) for batch, input_ids, mask in common.pair_batches(
+    inputs = common.input_device(model)
+    batches = [(batch, input_ids.to(inputs), mask.to(inputs)) for batch, input_ids, mask in common.pair_batches(
         *common.encode_pairs(tokenizer, pairs, max_length), cfg["batch_size"], tokenizer.pad_token_id)]
     units = validation_units(rk.top_tau(score, 100.0)[0].cpu(), cfg["validate_attribution"],
                              common.random_generator(objective, seed, "validate-attribution"))
