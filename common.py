@@ -2301,7 +2301,7 @@ def compute_neuron_files(cfg: dict, rm: Path, objective: str, seed: int, methods
     import rmt_kernels
 
     tag = tag or f"[{objective} seed {seed}]"
-    with unit_lock(folder, cfg.get("shard"), f"{tag} neuron files") as mine:
+    with unit_lock(folder, cfg.get("shard"), f"{tag.strip('[]')} neuron files") as mine:
         if not mine:
             return {"objective": objective, "seed": seed, "left": "to another job (--shard)"}
         # what identifies a file needs no pairs: the steps that only read the files load none while they are current

@@ -339,7 +339,7 @@ def compute_conflict(cfg, objective: str, seed: int, run: Path, training: dict, 
     helpful_batches = math.ceil(len(pairs["helpful"]) / cfg["batch_size"])
     settings = conflict_settings(cfg, run, pairs, max_length, dtype, helpful_batches)
     path = conflict_path(run)
-    with common.unit_lock(path, cfg["shard"], f"{tag} conflict") as mine:
+    with common.unit_lock(path, cfg["shard"], f"{objective} seed {seed} conflict") as mine:
         if not mine:
             return {"objective": objective, "seed": seed, "left": "to another job (--shard)"}
         if common.reuse(path, common.h5_settings, settings, force=cfg["force"], tag=f"{tag} "):

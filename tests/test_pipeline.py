@@ -264,23 +264,23 @@ def test_the_slurm_script_runs_each_step_as_concurrent_shards_and_its_last_job_w
     for index, call in enumerate(calls[1:], start=1):  # each after the previous one
         assert f"--dependency=afterany:{1000 + index - 1}" in call
 
-    def job(wrap: str, task: int | None) -> subprocess.Popen:
-        out = (tmp_path / f"job-{len(list(tmp_path.glob('job-*')))}.out").open("w")
-        return subprocess.Popen(["bash", "-c", wrap], cwd=checkout, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={**env, "SLURM_ARRAY_TASK_ID": str(task)}, start_new_session=True)
+    def jobs(wrap: str, tasks) -> str:
+        """Run the job `wrap` once per array task, all at once; what they printed."""
+        outputs = [tmp_path / f"job-{len(list(tmp_path.glob('job-*'))):02d}-{task}.out" for task in tasks]
+        running = [subprocess.Popen(["bash", "-c", wrap], cwd=checkout, stdout=out.open("w"), text=True,
+                                    stderr=subprocess.STDOUT, env={**env, "SLURM_ARRAY_TASK_ID": str(task)})
+                   for task, out in zip(tasks, outputs)]
+        for process in running:
+            assert process.wait(timeout=600) == 0, [out.read_text() for out in outputs]
+        return "".join(out.read_text() for out in outputs)
 
     step_outputs = {}
     for call, step in zip(calls[:6], ("train", "behaviour", "neurons", "ablate", "shared", "conflict")):
         assert "--array=1-2" in call and f"STEP={step}" in call[-1]
-        jobs = [job(call[-1], task) for task in (1, 2)]
-        for process in jobs:
-            assert process.wait(timeout=600) == 0, [p.read_text() for p in sorted(tmp_path.glob("job-*.out"))]
-        step_outputs[step] = "".join(p.read_text() for p in sorted(tmp_path.glob("job-*.out"))[-2:])
+        step_outputs[step] = jobs(call[-1], (1, 2))
     assert "--array" not in " ".join(calls[6]) and "SHARD" not in calls[6][-1]
     before = file_times(checkout)
-    last = job(calls[6][-1], None)
-    assert last.wait(timeout=600) == 0
-    printed_last = sorted(tmp_path.glob("job-*.out"))[-1].read_text()
+    printed_last = jobs(calls[6][-1], ("",))
 
     # every unit once, by one of the two shards, and both shards had work
     training = step_outputs["train"].replace("\r", "\n")
