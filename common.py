@@ -132,8 +132,25 @@ def share_count(total: int | None) -> int | None:
 def all_ranks_here() -> None:
     import torch.distributed as dist
 
-    if rank_and_world()[1] > 1:
+    if rank_and_world()[1] > 1 and not _ALONE:
         dist.barrier()
+
+
+# Set while rank 0 runs code the other ranks skip (train.py's `if accelerator.is_main_process:` blocks, accelerate's
+# way): its writes are then no meeting points, as no other rank comes to them; a barrier there would meet the
+# others' next barrier instead (accelerator.wait_for_everyone, a DDP all-reduce) and the ranks' collectives would
+# no longer match (rank 0 failed with "Connection closed by peer" once the others had finished).
+_ALONE = []
+
+
+@contextlib.contextmanager
+def rank_zero_alone() -> Iterator[None]:
+    """The block runs on rank 0 only, while every other rank waits elsewhere: atomic_path writes without meeting."""
+    _ALONE.append(True)
+    try:
+        yield
+    finally:
+        _ALONE.pop()
 
 
 def say(message: str) -> None:
@@ -210,7 +227,7 @@ class TemporaryFolder:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. With several ranks,
-    all of them meet here before and after, and only rank 0's file is kept."""
+    all of them meet here before and after (not under rank_zero_alone), and only rank 0's file is kept."""
     path = Path(path)
     all_ranks_here()
     if rank_and_world()[0] != 0:

@@ -60,7 +60,8 @@ def main(**cfg):
     if common.shard_done(cfg, "train.py"):
         return
     if state.is_main_process:
-        write_results(cfg, common.step_dir(cfg["results_dir"], cfg["model"], "train"))
+        with common.rank_zero_alone():
+            write_results(cfg, common.step_dir(cfg["results_dir"], cfg["model"], "train"))
 
 
 class BradleyTerry(torch.nn.Module):
@@ -214,7 +215,8 @@ def train_one(cfg, objective, seed, device, dtype):
             # `options` as given on the command line: what a suggested command for a sibling RM repeats
             config = {**cfg, "objective": objective, "seed": seed, "dtype": str(dtype), "device": str(device),
                       "options": cfg, PAIRS: run.options[PAIRS]}
-            evaluate_and_save(accelerator, run, data, progress, resumed_from, out, config, tag)
+            with common.rank_zero_alone():
+                evaluate_and_save(accelerator, run, data, progress, resumed_from, out, config, tag)
         accelerator.wait_for_everyone()
 
 
@@ -425,8 +427,9 @@ def save_checkpoint(accelerator, checkpoint: Path, progress: dict, options: dict
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()  # save_state does not wait: every process's RNG state is in tmp before it moves
     if accelerator.is_main_process:
-        common.write_json(tmp / "options.json", options)
-        common.write_json(tmp / "progress.json", progress)  # last: a checkpoint with progress.json is complete
+        with common.rank_zero_alone():
+            common.write_json(tmp / "options.json", options)
+            common.write_json(tmp / "progress.json", progress)  # last: a checkpoint with progress.json is complete
         if (checkpoint / "progress.json").is_file():
             shutil.rmtree(old, ignore_errors=True)
             checkpoint.rename(old)
