@@ -288,6 +288,13 @@ def shard_order(keys: Sequence, shard: Shard | None) -> list:
     return keys[start:] + keys[:start]
 
 
+def shard_map(compute: Callable, keys: Iterable, shard: Shard | None) -> dict:
+    """{key: compute(key)} in the order of `keys`, computed in shard_order."""
+    keys = list(keys)
+    done = {key: compute(key) for key in shard_order(keys, shard)}
+    return {key: done[key] for key in keys}
+
+
 def _lock_holder(lock: Path) -> dict | None:
     """Who holds `lock`: {"owner", "host", "pid", "shard"}, with "dead" when its owner is gone (see above); None
     when there is no lock."""

@@ -66,11 +66,10 @@ def main(**cfg):
     pairs = functools.cache(lambda: common.training_pairs(cfg, [o for o, _ in runs]))  # only for missing files
 
     # run
-    results = {key: sweep_rm(cfg, key, runs[key], bench.items, tasks, pairs, device, dtype)
-               for key in common.shard_order(runs, cfg["shard"])}
+    results = common.shard_map(lambda key: sweep_rm(cfg, key, runs[key], bench.items, tasks, pairs, device, dtype),
+                               runs, cfg["shard"])
     if common.shard_done(cfg, "ablate.py"):
         return
-    results = {key: results[key] for key in runs}
 
     # analyse and save
     rows = [{"objective": objective, "seed": seed, "ablation": cfg["ablation"], "method": method, "tau": tau, **row}

@@ -50,11 +50,9 @@ def main(**cfg):
     tasks, bench = common.load_bench(cfg)
 
     # run
-    scores = {key: score_run(cfg, runs[key], bench.items, device, dtype)
-              for key in common.shard_order(runs, cfg["shard"])}
+    scores = common.shard_map(lambda key: score_run(cfg, runs[key], bench.items, device, dtype), runs, cfg["shard"])
     if common.shard_done(cfg, "behaviour.py"):
         return
-    scores = {key: scores[key] for key in runs}
 
     # analyse
     subsets = ordered_subsets(bench, tasks)

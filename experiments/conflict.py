@@ -89,8 +89,8 @@ def main(**cfg):
         check_batches(len(common.scoring_pairs(pairs, cfg, "helpful", seed)), cfg["batch_size"])
     out = common.step_dir(cfg["results_dir"], cfg["model"], "conflict")
 
-    computed = [compute_conflict(cfg, objective, seed, runs[objective, seed], pairs, device, dtype)
-                for objective, seed in common.shard_order(runs, cfg["shard"])]
+    computed = list(common.shard_map(lambda key: compute_conflict(cfg, *key, runs[key], pairs, device, dtype), runs,
+                                     cfg["shard"]).values())
     if common.shard_done(cfg, "conflict.py"):
         return
     notes = write_results(cfg, runs, out)

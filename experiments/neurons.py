@@ -62,9 +62,9 @@ def main(**cfg):
 
     # score (what is missing or stale)
     pairs = common.training_pairs(cfg, [objective for objective, _ in runs])
-    scored = [common.compute_neuron_files(cfg, runs[key] / "rm", *key, methods,
-                                          common.neuron_dir(runs[key], cfg["site"]), lambda: pairs, device, dtype)
-              for key in common.shard_order(runs, cfg["shard"])]
+    scored = list(common.shard_map(lambda key: common.compute_neuron_files(
+        cfg, runs[key] / "rm", *key, methods, common.neuron_dir(runs[key], cfg["site"]), lambda: pairs, device, dtype),
+        runs, cfg["shard"]).values())
     if common.shard_done(cfg, "neurons.py"):
         if cfg["validate_attribution"]:
             common.say("note: --validate-attribution runs in the run without --shard, beside the tables")

@@ -94,24 +94,24 @@ def main(**cfg):
     ablated_rm = cfg["within"] or "mixed"
     items = common.cap_items(common.held_out_items(ablated_rm, cfg), cfg["max_items"]) + bench.items
     pairs = functools.cache(lambda: common.training_pairs(cfg, common.OBJECTIVES))  # only for missing files
-    seeds = common.shard_order(cfg["seed"], cfg["shard"])
-    scored = [common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"],
-                                          folder, pairs, device, dtype, keys=common.NEURON_IDENTITY, tag=tag)
-              for seed in seeds for tag, run, objective, folder in neuron_sources(cfg, runs, seed).values()]
+    scored = common.shard_map(lambda seed: [
+        common.compute_neuron_files({**cfg, "force": False}, run / "rm", objective, seed, cfg["method"], folder, pairs,
+                                    device, dtype, keys=common.NEURON_IDENTITY, tag=tag)
+        for tag, run, objective, folder in neuron_sources(cfg, runs, seed).values()], cfg["seed"], cfg["shard"])
 
     # run (with --shard, only the seeds whose neuron files no other job is making)
-    left = {line["seed"] for line in scored if "left" in line}
-    results = {seed: run_seed(cfg, seed, runs, items, tasks, device, dtype) for seed in seeds if seed not in left}
+    seeds = [seed for seed, lines in scored.items() if not any("left" in line for line in lines)]
+    results = common.shard_map(lambda seed: run_seed(cfg, seed, runs, items, tasks, device, dtype), seeds,
+                               cfg["shard"])
     if common.shard_done(cfg, "shared.py"):
         return
-    results = {seed: results[seed] for seed in cfg["seed"]}
 
     # analyse and save
     (write_within if cfg["within"] else write_results)(cfg, results, tasks, out)
     notes = [note for result in results.values() for note in result["notes"]]
     common.write_json(out / "run.json", {
         **common.run_record({**cfg, "device": str(device), "dtype": str(dtype), "backend": rk.backend(device)}),
-        "neuron_files": scored, "items": len(items), "notes": notes,
+        "neuron_files": [line for lines in scored.values() for line in lines], "items": len(items), "notes": notes,
         "bench": {"sources": bench.sources, "excluded": bench.excluded, "notes": bench.notes},
         "timing": {f"seed{seed}": result["timing"] for seed, result in results.items()}})
     report = common.write_report(cfg["results_dir"], cfg["model"])

@@ -55,8 +55,8 @@ import common
 def main(**cfg):
     device, dtype = common.start_step(cfg)
     state = PartialState(cpu=device.type == "cpu")  # the processes of accelerate launch meet before the first lock
-    for objective, seed in common.shard_order([(o, s) for o in cfg["objective"] for s in cfg["seed"]], cfg["shard"]):
-        train_one(cfg, objective, seed, device, dtype)
+    common.shard_map(lambda key: train_one(cfg, *key, device, dtype),
+                     [(o, s) for o in cfg["objective"] for s in cfg["seed"]], cfg["shard"])
     if common.shard_done(cfg, "train.py"):
         return
     if state.is_main_process:
